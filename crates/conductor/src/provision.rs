@@ -1,0 +1,573 @@
+//! Provision verbs and the background work they start.
+
+use crate::steps::{manual_steps, merge_steps};
+use crate::{Conductor, ConductorError};
+use ferric_drivers::{DriverError, NodeDriver, StepKind, StepOutcome};
+use ferric_state_machine::{next, Action, Event, Verb};
+use ferric_store::NodeIdent;
+use ferric_types::{Node, PowerState, ProvisionState, Step, StepInterface};
+use serde_json::{Map, Value};
+
+/// A `PUT /v1/nodes/{node}/states/provision` request, checked for shape by
+/// the API.
+#[derive(Debug, Clone)]
+pub struct ProvisionRequest {
+    pub verb: Verb,
+    /// A config drive: gzip+base64 string, URL, or Ironic's dict form.
+    pub configdrive: Option<Value>,
+    pub clean_steps: Option<Vec<Step>>,
+    pub deploy_steps: Option<Vec<Step>>,
+    pub service_steps: Option<Vec<Step>>,
+    pub disable_ramdisk: Option<bool>,
+    pub rescue_password: Option<String>,
+}
+
+impl ProvisionRequest {
+    pub fn new(verb: Verb) -> Self {
+        ProvisionRequest {
+            verb,
+            configdrive: None,
+            clean_steps: None,
+            deploy_steps: None,
+            service_steps: None,
+            disable_ramdisk: None,
+            rescue_password: None,
+        }
+    }
+}
+
+/// How a phase of work ended.
+enum Outcome {
+    Done,
+    Wait,
+    Hold,
+    /// Leave the wait state and go on with the remaining steps.
+    Resume,
+    Failed(String),
+}
+
+/// What the background task does next.
+#[derive(Clone, Copy)]
+enum Work {
+    Action(Action),
+    /// Continue the stored steps of this kind (after a resume).
+    Continue(StepKind),
+}
+
+const STEP_LIST_KEY: &str = "steps";
+const STEP_INDEX_KEY: &str = "step_index";
+
+fn internal_key(kind: StepKind, what: &str) -> String {
+    format!("{}_{what}", kind.as_str())
+}
+
+fn step_field(node: &mut Node, kind: StepKind) -> &mut Map<String, Value> {
+    match kind {
+        StepKind::Deploy => &mut node.deploy_step,
+        StepKind::Clean => &mut node.clean_step,
+        StepKind::Service => &mut node.service_step,
+    }
+}
+
+fn clear_step_state(node: &mut Node) {
+    for kind in [StepKind::Deploy, StepKind::Clean, StepKind::Service] {
+        step_field(node, kind).clear();
+        node.driver_internal_info
+            .remove(&internal_key(kind, STEP_LIST_KEY));
+        node.driver_internal_info
+            .remove(&internal_key(kind, STEP_INDEX_KEY));
+    }
+}
+
+fn is_maintenance_blocked(verb: Verb) -> bool {
+    !matches!(verb, Verb::Manage | Verb::Abort | Verb::Adopt)
+}
+
+impl Conductor {
+    /// Accepts a provision verb: checks it against the node's state and
+    /// settings, records the new state, and starts the work in the
+    /// background. Returns when the new state is stored.
+    pub async fn provision(
+        &self,
+        ident: &NodeIdent,
+        request: ProvisionRequest,
+    ) -> Result<(), ConductorError> {
+        let mut node = self.store().reserve_node(ident, self.hostname()).await?;
+        let prepared = self.prepare_provision(&mut node, &request);
+        let (action, driver) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                self.release(node.uuid).await;
+                return Err(e);
+            }
+        };
+        // A transition without work (e.g. available -> manageable) or an
+        // abort ends here; everything else goes on in the background.
+        if matches!(action, Action::None | Action::Abort) {
+            if action == Action::Abort {
+                self.abort(&mut node);
+            }
+            self.save_and_release(&node).await?;
+            return Ok(());
+        }
+        let node = match self.store().update_node(&node, self.hostname()).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.release(node.uuid).await;
+                return Err(e.into());
+            }
+        };
+        let conductor = self.clone();
+        tokio::spawn(async move { conductor.run(node, driver, action).await });
+        Ok(())
+    }
+
+    /// Checks the request and applies its transition to `node` (not saved).
+    fn prepare_provision(
+        &self,
+        node: &mut Node,
+        request: &ProvisionRequest,
+    ) -> Result<(Action, NodeDriver), ConductorError> {
+        let verb = request.verb;
+        if node.maintenance && is_maintenance_blocked(verb) {
+            return Err(ConductorError::InvalidParameter(format!(
+                "The {} operation can't be performed on node {} because it's in maintenance mode.",
+                verb.as_str(),
+                node.uuid
+            )));
+        }
+        if node.protected && matches!(verb, Verb::Deleted | Verb::Undeploy | Verb::Rebuild) {
+            return Err(ConductorError::Forbidden(format!(
+                "Node {} is protected and cannot be undeployed, rebuilt or deleted",
+                node.uuid
+            )));
+        }
+        if node.retired && matches!(verb, Verb::Provide) {
+            return Err(ConductorError::InvalidParameter(format!(
+                "The provide operation can't be performed on node {} because it is retired.",
+                node.uuid
+            )));
+        }
+        let transition = next(
+            node.provision_state,
+            node.target_provision_state,
+            Event::Verb(verb),
+        )
+        .map_err(|_| {
+            ConductorError::InvalidState(format!(
+                "The requested action \"{}\" can not be performed on node \"{}\" while it is in state \"{}\".",
+                verb.as_str(),
+                node.uuid,
+                node.provision_state
+            ))
+        })?;
+        let driver = self.driver_for(node)?;
+        let invalid = |e: DriverError| ConductorError::InvalidParameter(e.to_string());
+
+        match transition.action {
+            Action::Deploy => {
+                driver.power.validate(node).map_err(invalid)?;
+                driver.deploy.validate(node).map_err(invalid)?;
+                driver.boot.validate(node).map_err(invalid)?;
+                let requested = request.deploy_steps.clone().unwrap_or_default();
+                let steps =
+                    merge_steps("deploy", &driver.deploy.steps(StepKind::Deploy), &requested)
+                        .map_err(ConductorError::InvalidParameter)?;
+                match &request.configdrive {
+                    Some(cd) if !is_empty_configdrive(cd) => {
+                        node.instance_info.insert("configdrive".into(), cd.clone());
+                    }
+                    _ => {
+                        node.instance_info.remove("configdrive");
+                    }
+                }
+                clear_step_state(node);
+                store_steps(node, StepKind::Deploy, &steps);
+            }
+            Action::Clean if transition.target == Some(ProvisionState::Manageable) => {
+                let requested = request.clean_steps.clone().ok_or_else(|| {
+                    ConductorError::InvalidParameter(
+                        "clean_steps is required for manual cleaning".to_string(),
+                    )
+                })?;
+                let steps =
+                    manual_steps("clean", &driver.deploy.steps(StepKind::Clean), &requested)
+                        .map_err(ConductorError::InvalidParameter)?;
+                clear_step_state(node);
+                store_steps(node, StepKind::Clean, &steps);
+            }
+            Action::Clean => {
+                // Automated cleaning: the steps are chosen when it starts.
+                clear_step_state(node);
+            }
+            Action::Service => {
+                let requested = request.service_steps.clone().ok_or_else(|| {
+                    ConductorError::InvalidParameter(
+                        "service_steps is required for servicing".to_string(),
+                    )
+                })?;
+                let steps = manual_steps(
+                    "service",
+                    &driver.deploy.steps(StepKind::Service),
+                    &requested,
+                )
+                .map_err(ConductorError::InvalidParameter)?;
+                clear_step_state(node);
+                store_steps(node, StepKind::Service, &steps);
+            }
+            Action::Inspect if driver.inspect.is_none() => {
+                return Err(ConductorError::InvalidParameter(format!(
+                    "Node {} does not support inspection: its inspect interface is \"{}\"",
+                    node.uuid,
+                    node.inspect_interface.as_deref().unwrap_or("none")
+                )));
+            }
+            Action::Rescue => {
+                if node.rescue_interface.as_deref().unwrap_or("no-rescue") == "no-rescue" {
+                    return Err(ConductorError::InvalidParameter(format!(
+                        "Node {} does not support rescue: its rescue interface is \"no-rescue\"",
+                        node.uuid
+                    )));
+                }
+                let password = request.rescue_password.clone().ok_or_else(|| {
+                    ConductorError::InvalidParameter(
+                        "A non-empty rescue_password is required for rescue".to_string(),
+                    )
+                })?;
+                node.instance_info
+                    .insert("rescue_password".into(), Value::String(password));
+            }
+            Action::Adopt => {
+                driver.power.validate(node).map_err(invalid)?;
+                driver.deploy.validate(node).map_err(invalid)?;
+            }
+            _ => {}
+        }
+        if request.configdrive.is_some() && transition.action != Action::Deploy {
+            return Err(ConductorError::InvalidParameter(
+                "Adding a config drive is only supported when setting provision state to \
+                 active, deploy or rebuild"
+                    .to_string(),
+            ));
+        }
+        node.set_provision_state(transition.state, transition.target);
+        node.last_error = None;
+        Ok((transition.action, driver))
+    }
+
+    /// Stops what waits or is held, moving the node to its failed state.
+    fn abort(&self, node: &mut Node) {
+        let step = [StepKind::Deploy, StepKind::Clean, StepKind::Service]
+            .into_iter()
+            .find_map(|k| {
+                step_field(node, k)
+                    .get("step")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+        node.last_error = Some(match step {
+            Some(step) => format!("Operation aborted by the operator during step \"{step}\""),
+            None => "Operation aborted by the operator".to_string(),
+        });
+        clear_step_state(node);
+    }
+
+    /// Runs `action` and every action that follows from its outcome, then
+    /// saves the node and releases its lock.
+    async fn run(&self, mut node: Node, driver: NodeDriver, action: Action) {
+        let mut work = Work::Action(action);
+        loop {
+            let outcome = match work {
+                Work::Action(action) => self.perform(&mut node, &driver, action).await,
+                Work::Continue(kind) => self.steps_phase(&mut node, &driver, kind).await,
+            };
+            let event = match &outcome {
+                Outcome::Done => Event::Done,
+                Outcome::Wait => Event::Wait,
+                Outcome::Hold => Event::Hold,
+                Outcome::Resume => Event::Resume,
+                Outcome::Failed(_) => Event::Fail,
+            };
+            let transition = match next(node.provision_state, node.target_provision_state, event) {
+                Ok(t) => t,
+                Err(refused) => {
+                    tracing::error!(node = %node.uuid, %refused, "work ended in an impossible transition");
+                    node.last_error = Some(format!("internal error: {refused}"));
+                    break;
+                }
+            };
+            if let Outcome::Failed(message) = outcome {
+                self.on_failure(&mut node, &driver, message).await;
+            }
+            node.set_provision_state(transition.state, transition.target);
+            tracing::info!(node = %node.uuid, state = %node.provision_state, "provision state changed");
+            work = match (event, transition.action) {
+                (Event::Resume, _) => Work::Continue(step_kind_of(node.provision_state)),
+                (_, Action::None) => break,
+                (_, next_action) => Work::Action(next_action),
+            };
+            if let Err(e) = self.checkpoint(&node).await {
+                tracing::error!(node = %node.uuid, error = %e, "could not save node");
+                return;
+            }
+        }
+        if let Err(e) = self.save_and_release(&node).await {
+            tracing::error!(node = %node.uuid, error = %e, "could not save node");
+        }
+    }
+
+    /// Saves the node while keeping its lock.
+    async fn checkpoint(&self, node: &Node) -> Result<(), ConductorError> {
+        self.store().update_node(node, self.hostname()).await?;
+        Ok(())
+    }
+
+    async fn on_failure(&self, node: &mut Node, driver: &NodeDriver, message: String) {
+        tracing::warn!(node = %node.uuid, state = %node.provision_state, error = %message, "operation failed");
+        let state = node.provision_state;
+        node.last_error = Some(message.clone());
+        clear_step_state(node);
+        match state {
+            ProvisionState::Deploying | ProvisionState::WaitCallBack => {
+                self.power_off_quietly(node, driver).await;
+            }
+            ProvisionState::Cleaning | ProvisionState::CleanWait => {
+                node.maintenance = true;
+                node.fault = Some("clean failure".to_string());
+                node.maintenance_reason = Some(message);
+            }
+            _ => {}
+        }
+    }
+
+    /// Powers a node off after a failure; a failure to do so is logged and
+    /// added to nothing (the first error is the one the operator needs).
+    pub(crate) async fn power_off_quietly(&self, node: &mut Node, driver: &NodeDriver) {
+        if node.disable_power_off {
+            return;
+        }
+        match driver
+            .power
+            .set_power_state(node, PowerState::Off, None)
+            .await
+        {
+            Ok(()) => node.power_state = Some(PowerState::Off),
+            Err(e) => tracing::warn!(node = %node.uuid, error = %e, "could not power off"),
+        }
+    }
+
+    async fn perform(&self, node: &mut Node, driver: &NodeDriver, action: Action) -> Outcome {
+        let result: Result<Outcome, DriverError> = async {
+            match action {
+                Action::None | Action::Abort => Ok(Outcome::Done),
+                Action::Verify => {
+                    driver.power.validate(node)?;
+                    driver.management.validate(node)?;
+                    node.power_state = Some(driver.power.get_power_state(node).await?);
+                    Ok(Outcome::Done)
+                }
+                Action::Deploy => {
+                    driver.boot.prepare_ramdisk(node).await?;
+                    Ok(self.steps_phase(node, driver, StepKind::Deploy).await)
+                }
+                Action::TearDown => {
+                    driver.deploy.tear_down(node).await?;
+                    driver.boot.clean_up_instance(node).await?;
+                    if !node.disable_power_off {
+                        driver
+                            .power
+                            .set_power_state(node, PowerState::Off, None)
+                            .await?;
+                        node.power_state = Some(PowerState::Off);
+                    }
+                    node.instance_info.clear();
+                    node.instance_uuid = None;
+                    Ok(Outcome::Done)
+                }
+                Action::Clean => {
+                    let automated = node.target_provision_state != Some(ProvisionState::Manageable);
+                    if automated {
+                        let enabled = node
+                            .automated_clean
+                            .unwrap_or(self.config().automated_clean);
+                        let steps = if enabled {
+                            merge_steps("clean", &driver.deploy.steps(StepKind::Clean), &[])
+                                .map_err(DriverError::InvalidParameter)?
+                        } else {
+                            Vec::new()
+                        };
+                        store_steps(node, StepKind::Clean, &steps);
+                    }
+                    Ok(self.steps_phase(node, driver, StepKind::Clean).await)
+                }
+                Action::Service => Ok(self.steps_phase(node, driver, StepKind::Service).await),
+                Action::Inspect => {
+                    let inspect = driver.inspect.as_ref().ok_or_else(|| {
+                        DriverError::Unsupported("inspection is not supported".into())
+                    })?;
+                    node.inspection_started_at = Some(ferric_types::Timestamp::now());
+                    let outcome = inspect.inspect(node).await?;
+                    if outcome == StepOutcome::Done {
+                        node.inspection_finished_at = Some(ferric_types::Timestamp::now());
+                    }
+                    Ok(step_outcome(outcome))
+                }
+                Action::Adopt => {
+                    node.power_state = Some(driver.power.get_power_state(node).await?);
+                    Ok(Outcome::Done)
+                }
+                Action::Rescue => {
+                    driver.boot.prepare_ramdisk(node).await?;
+                    Ok(Outcome::Done)
+                }
+                Action::Unrescue => {
+                    node.instance_info.remove("rescue_password");
+                    driver.boot.clean_up_ramdisk(node).await?;
+                    driver.boot.prepare_instance(node).await?;
+                    Ok(Outcome::Done)
+                }
+                Action::Unhold => {
+                    // The node is back in its wait state. Fake hardware has no
+                    // agent to call back, so the remaining steps go on now.
+                    advance_step_index(node, step_kind_of(node.provision_state));
+                    Ok(Outcome::Resume)
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    /// Runs the remaining steps of `kind`; after the last deploy step the
+    /// node is set to boot its instance and powered on.
+    async fn steps_phase(&self, node: &mut Node, driver: &NodeDriver, kind: StepKind) -> Outcome {
+        let result = async {
+            let outcome = self.run_steps(node, driver, kind).await?;
+            if let (Outcome::Done, StepKind::Deploy) = (&outcome, kind) {
+                driver.boot.clean_up_ramdisk(node).await?;
+                driver.boot.prepare_instance(node).await?;
+                driver.power.reboot(node, false, None).await?;
+                node.power_state = Some(PowerState::On);
+            }
+            Ok::<_, DriverError>(outcome)
+        }
+        .await;
+        result.unwrap_or_else(|e| Outcome::Failed(e.to_string()))
+    }
+
+    /// Runs the stored steps of `kind` from the stored index on. The node
+    /// records the step it is at, so `node show` tells the operator.
+    async fn run_steps(
+        &self,
+        node: &mut Node,
+        driver: &NodeDriver,
+        kind: StepKind,
+    ) -> Result<Outcome, DriverError> {
+        let steps: Vec<Step> = node
+            .driver_internal_info
+            .get(&internal_key(kind, STEP_LIST_KEY))
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| {
+                DriverError::Failed(format!("stored {} steps are corrupt: {e}", kind.as_str()))
+            })?
+            .unwrap_or_default();
+        let start = node
+            .driver_internal_info
+            .get(&internal_key(kind, STEP_INDEX_KEY))
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as usize;
+        for (index, step) in steps.iter().enumerate().skip(start) {
+            node.driver_internal_info
+                .insert(internal_key(kind, STEP_INDEX_KEY), Value::from(index));
+            let current = match serde_json::to_value(step) {
+                Ok(Value::Object(map)) => map,
+                _ => Map::new(),
+            };
+            *step_field(node, kind) = current;
+            if let Err(e) = self.checkpoint(node).await {
+                return Err(DriverError::Failed(format!(
+                    "could not record step progress: {e}"
+                )));
+            }
+            let outcome = match step.interface {
+                StepInterface::Deploy => driver.deploy.execute_step(node, kind, step).await,
+                other => Err(DriverError::Unsupported(format!(
+                    "no implementation runs steps of interface {other:?}"
+                ))),
+            }
+            .map_err(|e| {
+                DriverError::Failed(format!(
+                    "{} step \"{}\" failed: {e}",
+                    kind.as_str(),
+                    step.step
+                ))
+            })?;
+            match outcome {
+                StepOutcome::Done => continue,
+                other => return Ok(step_outcome(other)),
+            }
+        }
+        step_field(node, kind).clear();
+        node.driver_internal_info
+            .remove(&internal_key(kind, STEP_LIST_KEY));
+        node.driver_internal_info
+            .remove(&internal_key(kind, STEP_INDEX_KEY));
+        Ok(Outcome::Done)
+    }
+}
+
+/// The kind of steps a wait or busy state runs.
+fn step_kind_of(state: ProvisionState) -> StepKind {
+    match state {
+        ProvisionState::Cleaning | ProvisionState::CleanWait | ProvisionState::CleanHold => {
+            StepKind::Clean
+        }
+        ProvisionState::Servicing | ProvisionState::ServiceWait | ProvisionState::ServiceHold => {
+            StepKind::Service
+        }
+        _ => StepKind::Deploy,
+    }
+}
+
+fn step_outcome(outcome: StepOutcome) -> Outcome {
+    match outcome {
+        StepOutcome::Done => Outcome::Done,
+        StepOutcome::Wait => Outcome::Wait,
+        StepOutcome::Hold => Outcome::Hold,
+    }
+}
+
+fn store_steps(node: &mut Node, kind: StepKind, steps: &[Step]) {
+    node.driver_internal_info.insert(
+        internal_key(kind, STEP_LIST_KEY),
+        serde_json::to_value(steps).unwrap_or(Value::Array(Vec::new())),
+    );
+    node.driver_internal_info
+        .insert(internal_key(kind, STEP_INDEX_KEY), Value::from(0));
+}
+
+fn advance_step_index(node: &mut Node, kind: StepKind) {
+    let key = internal_key(kind, STEP_INDEX_KEY);
+    let index = node
+        .driver_internal_info
+        .get(&key)
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    node.driver_internal_info
+        .insert(key, Value::from(index + 1));
+}
+
+/// Ironic treats `{}` (and an empty string) as "no config drive".
+fn is_empty_configdrive(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Object(m) => m.is_empty(),
+        _ => false,
+    }
+}

@@ -1,0 +1,19 @@
+//! The interfaces of a node and their implementations.
+//!
+//! A hardware type (`fake-hardware`, later `ipmi`, `redfish`) names which
+//! implementations of each interface a node may use and which is the
+//! default. The conductor asks the [`DriverRegistry`] for a node's
+//! [`NodeDriver`]: one object per interface, chosen by the node's
+//! `<iface>_interface` fields.
+
+mod error;
+pub mod fake;
+mod interfaces;
+mod registry;
+
+pub use error::DriverError;
+pub use interfaces::{
+    BootDevice, BootDeviceInfo, BootInterface, DeployInterface, InspectInterface,
+    ManagementInterface, PowerInterface, StepDefinition, StepKind, StepOutcome,
+};
+pub use registry::{DriverRegistry, HardwareType, InterfaceValidation, NodeDriver};

@@ -1,0 +1,286 @@
+//! Hardware types, the interfaces they support, and the choice of
+//! implementation for one node.
+
+use crate::fake::{FakeBoot, FakeDeploy, FakeInspect, FakeManagement, FakePower};
+use crate::interfaces::*;
+use crate::DriverError;
+use ferric_types::{Node, INTERFACE_NAMES};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A hardware type: for each interface, the implementations it supports;
+/// the first one is the default.
+#[derive(Debug, Clone)]
+pub struct HardwareType {
+    pub name: &'static str,
+    pub interfaces: BTreeMap<&'static str, Vec<&'static str>>,
+}
+
+impl HardwareType {
+    /// Implementations of `interface` this hardware type supports.
+    pub fn supported(&self, interface: &str) -> &[&'static str] {
+        self.interfaces
+            .get(interface)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The default implementation of `interface`.
+    pub fn default_for(&self, interface: &str) -> Option<&'static str> {
+        self.supported(interface).first().copied()
+    }
+
+    fn fake_hardware() -> HardwareType {
+        let interfaces = BTreeMap::from([
+            ("bios", vec!["no-bios", "fake"]),
+            ("boot", vec!["fake"]),
+            ("console", vec!["no-console", "fake"]),
+            ("deploy", vec!["fake"]),
+            ("firmware", vec!["no-firmware", "fake"]),
+            ("inspect", vec!["fake", "no-inspect"]),
+            ("management", vec!["fake"]),
+            ("network", vec!["noop", "flat"]),
+            ("power", vec!["fake"]),
+            ("raid", vec!["no-raid", "fake"]),
+            ("rescue", vec!["no-rescue", "fake"]),
+            ("storage", vec!["noop"]),
+            ("vendor", vec!["no-vendor", "fake"]),
+        ]);
+        HardwareType {
+            name: "fake-hardware",
+            interfaces,
+        }
+    }
+}
+
+/// The result of validating one interface of a node, as
+/// `GET /v1/nodes/{node}/validate` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InterfaceValidation {
+    /// None when the interface is not supported (`no-*`).
+    pub result: Option<bool>,
+    pub reason: Option<String>,
+}
+
+/// The interfaces of one node.
+#[derive(Clone)]
+pub struct NodeDriver {
+    pub hardware_type: &'static str,
+    /// Chosen implementation per interface name.
+    pub implementations: BTreeMap<&'static str, String>,
+    pub power: Arc<dyn PowerInterface>,
+    pub management: Arc<dyn ManagementInterface>,
+    pub boot: Arc<dyn BootInterface>,
+    pub deploy: Arc<dyn DeployInterface>,
+    /// None for `no-inspect`.
+    pub inspect: Option<Arc<dyn InspectInterface>>,
+}
+
+impl NodeDriver {
+    /// Validates every interface, as Ironic's validate call does.
+    pub fn validate(&self, node: &Node) -> BTreeMap<&'static str, InterfaceValidation> {
+        let check = |r: Result<(), DriverError>| match r {
+            Ok(()) => InterfaceValidation {
+                result: Some(true),
+                reason: None,
+            },
+            Err(e) => InterfaceValidation {
+                result: Some(false),
+                reason: Some(e.to_string()),
+            },
+        };
+        let mut out = BTreeMap::new();
+        for (&iface, implementation) in &self.implementations {
+            let result = match iface {
+                "power" => check(self.power.validate(node)),
+                "management" => check(self.management.validate(node)),
+                "boot" => check(self.boot.validate(node)),
+                "deploy" => check(self.deploy.validate(node)),
+                "inspect" => match &self.inspect {
+                    Some(i) => check(i.validate(node)),
+                    None => unsupported(implementation),
+                },
+                _ if implementation.starts_with("no-") => unsupported(implementation),
+                _ => InterfaceValidation {
+                    result: Some(true),
+                    reason: None,
+                },
+            };
+            out.insert(iface, result);
+        }
+        out
+    }
+}
+
+fn unsupported(implementation: &str) -> InterfaceValidation {
+    InterfaceValidation {
+        result: None,
+        reason: Some(format!("not supported ({implementation})")),
+    }
+}
+
+/// Every enabled hardware type and the shared implementation objects.
+pub struct DriverRegistry {
+    hardware_types: Vec<HardwareType>,
+    fake_power: Arc<FakePower>,
+    fake_management: Arc<FakeManagement>,
+}
+
+impl DriverRegistry {
+    /// The hardware types Ferric knows.
+    pub fn known_hardware_types() -> Vec<HardwareType> {
+        vec![HardwareType::fake_hardware()]
+    }
+
+    /// A registry with the named hardware types enabled.
+    pub fn new(enabled: &[String]) -> Result<DriverRegistry, DriverError> {
+        let known = Self::known_hardware_types();
+        let mut hardware_types = Vec::new();
+        for name in enabled {
+            let hw = known.iter().find(|h| h.name == name).ok_or_else(|| {
+                DriverError::InvalidParameter(format!(
+                    "unknown hardware type {name}; known: {}",
+                    known.iter().map(|h| h.name).collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            hardware_types.push(hw.clone());
+        }
+        Ok(DriverRegistry {
+            hardware_types,
+            fake_power: Arc::default(),
+            fake_management: Arc::default(),
+        })
+    }
+
+    pub fn hardware_types(&self) -> &[HardwareType] {
+        &self.hardware_types
+    }
+
+    pub fn hardware_type(&self, name: &str) -> Option<&HardwareType> {
+        self.hardware_types.iter().find(|h| h.name == name)
+    }
+
+    fn require_hardware_type(&self, name: &str) -> Result<&HardwareType, DriverError> {
+        self.hardware_type(name).ok_or_else(|| {
+            DriverError::InvalidParameter(format!(
+                "Could not find the following driver(s) or hardware type(s): {name}."
+            ))
+        })
+    }
+
+    /// Checks the node's hardware type and each `<iface>_interface` it
+    /// names, and fills the empty ones with the hardware type's defaults.
+    pub fn resolve_interfaces(&self, node: &mut Node) -> Result<(), DriverError> {
+        let hw = self.require_hardware_type(&node.driver)?;
+        for &iface in INTERFACE_NAMES {
+            match node.interface(iface).map(str::to_string) {
+                Some(chosen) => {
+                    if !hw.supported(iface).contains(&chosen.as_str()) {
+                        return Err(DriverError::InvalidParameter(format!(
+                            "Could not find a suitable implementation of the {iface} interface \
+                             \"{chosen}\" for hardware type {}; supported: {}",
+                            hw.name,
+                            hw.supported(iface).join(", ")
+                        )));
+                    }
+                }
+                None => {
+                    node.set_interface(iface, hw.default_for(iface).map(str::to_string));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The interface objects for a node whose interfaces are resolved.
+    pub fn node_driver(&self, node: &Node) -> Result<NodeDriver, DriverError> {
+        let hw = self.require_hardware_type(&node.driver)?;
+        let mut implementations = BTreeMap::new();
+        for &iface in INTERFACE_NAMES {
+            let chosen = node
+                .interface(iface)
+                .or_else(|| hw.default_for(iface))
+                .unwrap_or("none");
+            implementations.insert(iface, chosen.to_string());
+        }
+        let inspect: Option<Arc<dyn InspectInterface>> = match implementations["inspect"].as_str() {
+            "fake" => Some(Arc::new(FakeInspect)),
+            _ => None,
+        };
+        Ok(NodeDriver {
+            hardware_type: hw.name,
+            implementations,
+            power: self.fake_power.clone(),
+            management: self.fake_management.clone(),
+            boot: Arc::new(FakeBoot),
+            deploy: Arc::new(FakeDeploy),
+            inspect,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferric_types::ProvisionState;
+
+    fn registry() -> DriverRegistry {
+        DriverRegistry::new(&["fake-hardware".to_string()]).unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_empty_interfaces() {
+        let mut node = Node::new(
+            uuid::Uuid::new_v4(),
+            "fake-hardware",
+            ProvisionState::Enroll,
+        );
+        registry().resolve_interfaces(&mut node).unwrap();
+        assert_eq!(node.power_interface.as_deref(), Some("fake"));
+        assert_eq!(node.rescue_interface.as_deref(), Some("no-rescue"));
+        assert_eq!(node.inspect_interface.as_deref(), Some("fake"));
+    }
+
+    #[test]
+    fn unsupported_interface_and_unknown_driver_are_refused() {
+        let mut node = Node::new(
+            uuid::Uuid::new_v4(),
+            "fake-hardware",
+            ProvisionState::Enroll,
+        );
+        node.deploy_interface = Some("direct".into());
+        let err = registry().resolve_interfaces(&mut node).unwrap_err();
+        assert!(
+            err.to_string().contains("deploy interface \"direct\""),
+            "{err}"
+        );
+        let mut node = Node::new(uuid::Uuid::new_v4(), "no-such", ProvisionState::Enroll);
+        assert!(registry().resolve_interfaces(&mut node).is_err());
+        assert!(DriverRegistry::new(&["no-such".to_string()]).is_err());
+    }
+
+    #[test]
+    fn validation_reports_failures_and_unsupported_interfaces() {
+        let reg = registry();
+        let mut node = Node::new(
+            uuid::Uuid::new_v4(),
+            "fake-hardware",
+            ProvisionState::Enroll,
+        );
+        reg.resolve_interfaces(&mut node).unwrap();
+        let driver = reg.node_driver(&node).unwrap();
+        let ok = driver.validate(&node);
+        assert_eq!(ok["power"].result, Some(true));
+        assert_eq!(ok["rescue"].result, None);
+        node.driver_info
+            .insert("fake_fail".into(), serde_json::json!(["validate"]));
+        let bad = driver.validate(&node);
+        assert_eq!(bad["power"].result, Some(false));
+        assert!(bad["deploy"]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("fake_fail"));
+    }
+}

@@ -1,0 +1,250 @@
+//! `ferricd`: the API and the conductor in one process.
+//!
+//! Configuration comes from a strict TOML file (unknown keys are errors)
+//! and command-line flags, which win. With no arguments it listens on
+//! 127.0.0.1:6385 and keeps its state in `ferric.sqlite` in the working
+//! directory.
+
+use anyhow::Context;
+use clap::Parser;
+use ferric_api::{ApiConfig, AppState};
+use ferric_conductor::{Conductor, ConductorConfig};
+use ferric_store::Store;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Command line of `ferricd`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferricd",
+    version,
+    about = "Ferric: bare-metal provisioning with an Ironic-compatible API"
+)]
+pub struct Args {
+    /// TOML configuration file (see etc/ferricd.toml for every option).
+    #[arg(long, env = "FERRICD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address and port to serve the API on.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Log filter, e.g. info, debug, ferric_conductor=debug (env: FERRIC_LOG).
+    #[arg(long, env = "FERRIC_LOG")]
+    pub log_level: Option<String>,
+    /// Name of this conductor in node locks (default: the hostname).
+    #[arg(long)]
+    pub hostname: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration of `ferricd`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the API listens; default 127.0.0.1:6385 (loopback only).
+    pub listen: SocketAddr,
+    /// Database URL; default sqlite://ferric.sqlite in the working directory.
+    pub database: String,
+    /// Log filter; default "info".
+    pub log_level: String,
+    /// Log format: "text" (default) or "json".
+    pub log_format: LogFormat,
+    /// URL clients use to reach the API, for links; default: each request's Host.
+    pub public_url: Option<String>,
+    /// Conductor behaviour (timeouts, hardware types, periodic tasks).
+    pub conductor: ConductorConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6385)),
+            database: "sqlite://ferric.sqlite".to_string(),
+            log_level: "info".to_string(),
+            log_format: LogFormat::Text,
+            public_url: None,
+            conductor: ConductorConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML configuration; unknown keys are errors.
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The configuration file (if any) with the command-line flags applied.
+    pub fn load(args: &Args) -> anyhow::Result<Config> {
+        let mut config = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                Config::from_toml(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(listen) = args.listen {
+            config.listen = listen;
+        }
+        if let Some(db) = &args.database {
+            config.database = db.clone();
+        }
+        if let Some(level) = &args.log_level {
+            config.log_level = level.clone();
+        }
+        if let Some(hostname) = &args.hostname {
+            config.conductor.hostname = hostname.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// Sets up `tracing` from the configuration.
+pub fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("invalid log level {:?}", config.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Hides the password of a database URL for logs.
+fn redact_url(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) if rest.contains('@') => {
+            let userinfo = &url[scheme.len() + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***{}", &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(database = %redact_url(&config.database), "opening store");
+    let store = Store::connect(&config.database)
+        .await
+        .with_context(|| format!("cannot open database {}", redact_url(&config.database)))?;
+    let conductor = Conductor::start(store, config.conductor.clone())
+        .await
+        .context("cannot start the conductor")?;
+    let periodic = conductor.spawn_periodic_tasks();
+    let state = AppState::new(
+        conductor.clone(),
+        ApiConfig {
+            public_url: config.public_url.clone(),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, hostname = %conductor.hostname(), "ferricd is serving");
+    axum::serve(listener, ferric_api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    for task in periodic {
+        task.abort();
+    }
+    conductor.shutdown().await?;
+    tracing::info!("ferricd stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses_and_matches_the_defaults() {
+        let text = include_str!("../../../etc/ferricd.toml");
+        let config = Config::from_toml(text).expect("etc/ferricd.toml must parse");
+        let defaults = Config::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.database, defaults.database);
+        assert_eq!(
+            config.conductor.deploy_callback_timeout,
+            defaults.conductor.deploy_callback_timeout
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml("listen = \"127.0.0.1:1\"\nlisten_port = 5\n").unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+        let err = Config::from_toml("[conductor]\nbogus = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\ndatabase = \"sqlite://a.db\"\n",
+        )
+        .unwrap();
+        let args = Args::parse_from([
+            "ferricd",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:7001",
+        ]);
+        let config = Config::load(&args).unwrap();
+        assert_eq!(config.listen.port(), 7001);
+        assert_eq!(config.database, "sqlite://a.db");
+    }
+
+    #[test]
+    fn database_passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("sqlite://ferric.sqlite"),
+            "sqlite://ferric.sqlite"
+        );
+    }
+}
