@@ -153,13 +153,8 @@ impl Conductor {
             node.target_provision_state,
             Event::Verb(verb),
         )
-        .map_err(|_| {
-            ConductorError::InvalidState(format!(
-                "The requested action \"{}\" can not be performed on node \"{}\" while it is in state \"{}\".",
-                verb.as_str(),
-                node.uuid,
-                node.provision_state
-            ))
+        .map_err(|refused| {
+            ConductorError::InvalidState(refused.message_for(&node.uuid.to_string()))
         })?;
         let driver = self.driver_for(node)?;
         let invalid = |e: DriverError| ConductorError::InvalidParameter(e.to_string());
