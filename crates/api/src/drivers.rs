@@ -22,8 +22,7 @@ fn interface_version(iface: &str) -> u32 {
     }
 }
 
-fn alive_hosts(state: &AppState, conductors: &[ferric_types::Conductor]) -> Vec<String> {
-    let _ = state;
+fn alive_hosts(conductors: &[ferric_types::Conductor]) -> Vec<String> {
     conductors
         .iter()
         .filter(|c| c.alive)
@@ -87,7 +86,7 @@ pub async fn list(
         .store()
         .list_conductors(state.conductor.config().dead_conductor_after.as_secs())
         .await?;
-    let hosts = alive_hosts(&state, &conductors);
+    let hosts = alive_hosts(&conductors);
     let drivers: Vec<Value> = state
         .conductor
         .registry()
@@ -122,7 +121,7 @@ pub async fn show(
         .store()
         .list_conductors(state.conductor.config().dead_conductor_after.as_secs())
         .await?;
-    let hosts = alive_hosts(&state, &conductors);
+    let hosts = alive_hosts(&conductors);
     Ok(Json(render_driver(hw, &hosts, &base, version, true)))
 }
 

@@ -49,25 +49,6 @@ const UPDATE_ALLOWED_STATES: &[ProvisionState] = &[
     ProvisionState::ServiceFailed,
 ];
 
-fn view<'a>(
-    state: &'a AppState,
-    node: &Node,
-    version: Version,
-    base: &'a str,
-    fields: Option<&'a [String]>,
-    subresource_links: bool,
-    conductor: &'a Option<String>,
-) -> NodeView<'a> {
-    let _ = (state, node);
-    NodeView {
-        version,
-        base,
-        fields,
-        subresource_links,
-        conductor: conductor.as_deref(),
-    }
-}
-
 fn render_one(
     state: &AppState,
     node: &Node,
@@ -76,7 +57,14 @@ fn render_one(
     fields: Option<&[String]>,
 ) -> Value {
     let owner = state.conductor.owner_of(node.uuid);
-    render::node(node, view(state, node, version, base, fields, true, &owner))
+    let view = NodeView {
+        version,
+        base,
+        fields,
+        subresource_links: true,
+        conductor: owner.as_deref(),
+    };
+    render::node(node, view)
 }
 
 // ---- validation of node fields ----
@@ -112,7 +100,7 @@ fn check_node_field(key: &str, value: &mut Value) -> Result<(), String> {
             }
         }
         "driver" => {
-            if !value.as_str().is_some_and(|s| !s.is_empty()) {
+            if value.as_str().is_none_or(|s| s.is_empty()) {
                 return Err(wrong("a non-empty string"));
             }
         }
@@ -332,18 +320,14 @@ async fn list_nodes(
         } else {
             None
         };
-        out.push(render::node(
-            node,
-            view(
-                &state,
-                node,
-                version,
-                &base,
-                fields.as_deref(),
-                detail,
-                &owner,
-            ),
-        ));
+        let view = NodeView {
+            version,
+            base: &base,
+            fields: fields.as_deref(),
+            subresource_links: detail,
+            conductor: owner.as_deref(),
+        };
+        out.push(render::node(node, view));
     }
     let mut body = json!({ "nodes": out });
     if nodes.len() as u32 == limit {

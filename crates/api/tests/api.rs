@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tower::ServiceExt;
 
+/// method, path, microversion, body, expected status.
+type BadRequest = (&'static str, &'static str, Option<&'static str>, Vec<u8>, u16);
+
 struct Api {
     app: axum::Router,
     _dir: tempfile::TempDir,
@@ -344,7 +347,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .await;
     let before = api.get("/v1/nodes/keep").await.body;
 
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16)> = vec![
+    let cases: Vec<BadRequest> = vec![
         ("POST", "/v1/nodes", Some("latest"), b"{not json".to_vec(), 400),
         ("POST", "/v1/nodes", Some("latest"), br#"{"driver": "fake-hardware", "bogus": 1}"#.to_vec(), 400),
         ("POST", "/v1/nodes", Some("latest"), br#"{"name": "no-driver"}"#.to_vec(), 400),
