@@ -15,8 +15,11 @@ const WIRE_FORMAT: &[FormatItem<'static>] =
 pub struct Timestamp(OffsetDateTime);
 
 impl Timestamp {
+    /// Now, truncated to microseconds: the precision of the wire and the
+    /// store, so a timestamp survives both unchanged.
     pub fn now() -> Self {
-        Timestamp(OffsetDateTime::now_utc())
+        let now = OffsetDateTime::now_utc();
+        Timestamp(now.replace_nanosecond(now.microsecond() * 1000).unwrap_or(now))
     }
 
     pub fn from_unix_micros(micros: i64) -> Self {
