@@ -232,7 +232,7 @@ pub async fn list(
     version: Version,
     base: BaseUrl,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let detail = params.bool("detail", 43, version)?.unwrap_or(false);
     list_nodes(state, version, base, params, detail, "nodes").await
 }
@@ -242,7 +242,7 @@ pub async fn list_detail(
     version: Version,
     base: BaseUrl,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     if params.get("detail").is_some() {
         return Err(ApiError::bad_request(
             "The detail parameter is not allowed on /v1/nodes/detail",
@@ -258,7 +258,7 @@ async fn list_nodes(
     params: Params,
     detail: bool,
     path: &str,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let mut fields = params.fields(NODE_FIELDS, node_field_version, version)?;
     if detail && fields.is_some() {
         return Err(ApiError::bad_request(
@@ -310,35 +310,52 @@ async fn list_nodes(
         ..Default::default()
     };
     let nodes = state.conductor.store().list_nodes(&query).await?;
-    let mut out = Vec::with_capacity(nodes.len());
-    for node in &nodes {
-        let owner = if fields
+    let wants_conductor = version.at_least(49)
+        && fields
             .as_ref()
-            .is_none_or(|f| f.iter().any(|x| x == "conductor"))
-        {
-            state.conductor.owner_of(node.uuid)
-        } else {
-            None
-        };
-        let view = NodeView {
-            version,
-            base: &base,
-            fields: fields.as_deref(),
-            subresource_links: detail,
-            conductor: owner.as_deref(),
-        };
-        out.push(render::node(node, view));
-    }
-    let mut body = json!({ "nodes": out });
-    if nodes.len() as u32 == limit {
-        if let Some(last) = nodes.last() {
-            body["next"] = Value::String(format!(
-                "{base}/v1/{path}?{}",
-                params.next_query(limit, &last.uuid.to_string())
-            ));
-        }
-    }
-    Ok(Json(body))
+            .is_none_or(|f| f.iter().any(|x| x == "conductor"));
+    let owners: Vec<Option<String>> = nodes
+        .iter()
+        .map(|n| {
+            wants_conductor
+                .then(|| state.conductor.owner_of(n.uuid))
+                .flatten()
+        })
+        .collect();
+    let listed: Vec<render::NodeWire> = nodes
+        .iter()
+        .zip(&owners)
+        .map(|(node, owner)| render::NodeWire {
+            node,
+            view: NodeView {
+                version,
+                base: &base,
+                fields: fields.as_deref(),
+                subresource_links: detail,
+                conductor: owner.as_deref(),
+            },
+        })
+        .collect();
+    let next = match nodes.last() {
+        Some(last) if nodes.len() as u32 == limit => Some(format!(
+            "{base}/v1/{path}?{}",
+            params.next_query(limit, &last.uuid.to_string())
+        )),
+        _ => None,
+    };
+    Ok(Json(NodeList {
+        nodes: listed,
+        next,
+    })
+    .into_response())
+}
+
+/// A page of `GET /v1/nodes`, serialised without an intermediate JSON tree.
+#[derive(serde::Serialize)]
+struct NodeList<'a> {
+    nodes: Vec<render::NodeWire<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 pub async fn show(

@@ -3,7 +3,8 @@
 
 use crate::fields::{is_secret_key, node_field_version, port_field_version, MASK};
 use crate::version::Version;
-use ferric_types::{Node, Port};
+use ferric_types::{Node, Port, ProvisionState};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 
 /// Builds `[{href, rel: self}, {href, rel: bookmark}]` for a resource.
@@ -12,23 +13,6 @@ pub fn links(base: &str, resource: &str, id: &str) -> Value {
         {"href": format!("{base}/v1/{resource}/{id}"), "rel": "self"},
         {"href": format!("{base}/{resource}/{id}"), "rel": "bookmark"},
     ])
-}
-
-/// Replaces secret values in a dict, at any depth, with "******".
-pub fn mask_secrets(map: &mut Map<String, Value>) {
-    for (key, value) in map.iter_mut() {
-        if is_secret_key(key) && !value.is_null() {
-            *value = Value::String(MASK.to_string());
-        } else if let Value::Object(inner) = value {
-            mask_secrets(inner);
-        } else if let Value::Array(items) = value {
-            for item in items {
-                if let Value::Object(inner) = item {
-                    mask_secrets(inner);
-                }
-            }
-        }
-    }
 }
 
 /// Hides the credentials of a URL (`http://user:pass@host` -> `http://***@host`).
@@ -44,13 +28,6 @@ fn mask_url_credentials(value: &mut Value) {
     }
 }
 
-fn object_mut<'a>(
-    map: &'a mut Map<String, Value>,
-    key: &str,
-) -> Option<&'a mut Map<String, Value>> {
-    map.get_mut(key).and_then(Value::as_object_mut)
-}
-
 /// What to include when rendering a node.
 #[derive(Clone, Copy)]
 pub struct NodeView<'a> {
@@ -64,68 +41,232 @@ pub struct NodeView<'a> {
     pub conductor: Option<&'a str>,
 }
 
-pub fn node(node: &Node, view: NodeView<'_>) -> Value {
-    let mut map = match serde_json::to_value(node) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
-    let version = view.version;
-    map.retain(|k, _| version.at_least(node_field_version(k)));
-    if map.contains_key("conductor") {
-        map.insert("conductor".into(), json!(view.conductor));
-    }
-    if let Some(info) = object_mut(&mut map, "driver_info") {
-        mask_secrets(info);
-    }
-    if let Some(info) = object_mut(&mut map, "driver_internal_info") {
-        mask_secrets(info);
-    }
-    if let Some(info) = object_mut(&mut map, "instance_info") {
-        mask_secrets(info);
-        for key in [
-            "image_source",
-            "image_url",
-            "kernel",
-            "ramdisk",
-            "image_checksum",
-        ] {
-            if let Some(v) = info.get_mut(key) {
-                mask_url_credentials(v);
+/// Keys of `instance_info` that may hold URLs with credentials.
+const URL_KEYS: &[&str] = &[
+    "image_source",
+    "image_url",
+    "kernel",
+    "ramdisk",
+    "image_checksum",
+];
+
+/// A dict serialised with its secrets replaced by "******", at any depth,
+/// without copying it.
+struct Masked<'a> {
+    map: &'a Map<String, Value>,
+    /// Also hide credentials in the URLs of `URL_KEYS` (instance_info).
+    urls: bool,
+}
+
+impl Serialize for Masked<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = s.serialize_map(Some(self.map.len()))?;
+        for (key, value) in self.map {
+            if is_secret_key(key) && !value.is_null() {
+                out.serialize_entry(key, MASK)?;
+            } else if self.urls && URL_KEYS.contains(&key.as_str()) && value.is_string() {
+                let mut v = value.clone();
+                mask_url_credentials(&mut v);
+                out.serialize_entry(key, &v)?;
+            } else {
+                out.serialize_entry(key, &MaskedValue(value))?;
             }
         }
+        out.end()
     }
-    if !version.at_least(2) {
-        // Before 1.2 "available" was called NOSTATE, shown as null.
-        for key in ["provision_state", "target_provision_state"] {
-            if map.get(key).and_then(Value::as_str) == Some("available") {
-                map.insert(key.into(), Value::Null);
-            }
+}
+
+struct MaskedValue<'a>(&'a Value);
+
+impl Serialize for MaskedValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Object(map) => Masked { map, urls: false }.serialize(s),
+            Value::Array(items) => s.collect_seq(items.iter().map(MaskedValue)),
+            other => other.serialize(s),
         }
     }
-    if let Some(fields) = view.fields {
-        map.retain(|k, _| fields.iter().any(|f| f == k));
-    }
-    let id = node.uuid.to_string();
-    map.insert("links".into(), links(view.base, "nodes", &id));
-    if view.subresource_links && view.fields.is_none() {
-        let sub = |name: &str| {
-            json!([
-                {"href": format!("{}/v1/nodes/{id}/{name}", view.base), "rel": "self"},
-                {"href": format!("{}/nodes/{id}/{name}", view.base), "rel": "bookmark"},
-            ])
+}
+
+/// `[{href, rel: self}, {href, rel: bookmark}]` for `<resource>/<id>[/<sub>]`.
+struct Links<'a> {
+    base: &'a str,
+    path: &'a str,
+    sub: Option<&'a str>,
+}
+
+impl Serialize for Links<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let tail = match self.sub {
+            Some(sub) => format!("{}/{sub}", self.path),
+            None => self.path.to_string(),
         };
-        map.insert("ports".into(), sub("ports"));
-        if version.at_least(14) {
-            map.insert("states".into(), sub("states"));
-        }
-        if version.at_least(24) {
-            map.insert("portgroups".into(), sub("portgroups"));
-        }
-        if version.at_least(32) {
-            map.insert("volume".into(), sub("volume"));
+        let base = self.base;
+        s.collect_seq([
+            json!({"href": format!("{base}/v1/{tail}"), "rel": "self"}),
+            json!({"href": format!("{base}/{tail}"), "rel": "bookmark"}),
+        ])
+    }
+}
+
+/// A node as a client sees it, serialised straight from the record: newer
+/// fields left out, secrets masked, links added, `fields` applied.
+pub struct NodeWire<'a> {
+    pub node: &'a Node,
+    pub view: NodeView<'a>,
+}
+
+impl NodeWire<'_> {
+    fn include(&self, field: &str) -> bool {
+        self.view.version.at_least(node_field_version(field))
+            && self
+                .view
+                .fields
+                .is_none_or(|fields| fields.iter().any(|f| f == field))
+    }
+
+    /// Before 1.2 "available" was called NOSTATE, shown as null.
+    fn state_name(&self, state: Option<ProvisionState>) -> Option<ProvisionState> {
+        match state {
+            Some(ProvisionState::Available) if !self.view.version.at_least(2) => None,
+            other => other,
         }
     }
-    Value::Object(map)
+}
+
+impl Serialize for NodeWire<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = self.node;
+        let mut out = s.serialize_map(None)?;
+        macro_rules! field {
+            ($name:literal, $value:expr) => {
+                if self.include($name) {
+                    out.serialize_entry($name, $value)?;
+                }
+            };
+        }
+        field!("uuid", &n.uuid);
+        field!("name", &n.name);
+        field!("driver", &n.driver);
+        field!(
+            "driver_info",
+            &Masked {
+                map: &n.driver_info,
+                urls: false
+            }
+        );
+        field!(
+            "driver_internal_info",
+            &Masked {
+                map: &n.driver_internal_info,
+                urls: false
+            }
+        );
+        field!("extra", &n.extra);
+        field!(
+            "instance_info",
+            &Masked {
+                map: &n.instance_info,
+                urls: true
+            }
+        );
+        field!("instance_uuid", &n.instance_uuid);
+        field!("properties", &n.properties);
+        field!("power_state", &n.power_state);
+        field!("target_power_state", &n.target_power_state);
+        field!("provision_state", &self.state_name(Some(n.provision_state)));
+        field!(
+            "target_provision_state",
+            &self.state_name(n.target_provision_state)
+        );
+        field!("provision_updated_at", &n.provision_updated_at);
+        field!("last_error", &n.last_error);
+        field!("maintenance", &n.maintenance);
+        field!("maintenance_reason", &n.maintenance_reason);
+        field!("fault", &n.fault);
+        field!("console_enabled", &n.console_enabled);
+        field!("reservation", &n.reservation);
+        field!("conductor", &self.view.conductor);
+        field!("chassis_uuid", &n.chassis_uuid);
+        field!("clean_step", &n.clean_step);
+        field!("deploy_step", &n.deploy_step);
+        field!("service_step", &n.service_step);
+        field!("raid_config", &n.raid_config);
+        field!("target_raid_config", &n.target_raid_config);
+        field!("inspection_started_at", &n.inspection_started_at);
+        field!("inspection_finished_at", &n.inspection_finished_at);
+        field!("resource_class", &n.resource_class);
+        field!("traits", &n.traits);
+        field!("conductor_group", &n.conductor_group);
+        field!("automated_clean", &n.automated_clean);
+        field!("protected", &n.protected);
+        field!("protected_reason", &n.protected_reason);
+        field!("owner", &n.owner);
+        field!("lessee", &n.lessee);
+        field!("description", &n.description);
+        field!("allocation_uuid", &n.allocation_uuid);
+        field!("retired", &n.retired);
+        field!("retired_reason", &n.retired_reason);
+        field!("network_data", &n.network_data);
+        field!("boot_mode", &n.boot_mode);
+        field!("secure_boot", &n.secure_boot);
+        field!("shard", &n.shard);
+        field!("parent_node", &n.parent_node);
+        field!("disable_power_off", &n.disable_power_off);
+        field!("bios_interface", &n.bios_interface);
+        field!("boot_interface", &n.boot_interface);
+        field!("console_interface", &n.console_interface);
+        field!("deploy_interface", &n.deploy_interface);
+        field!("firmware_interface", &n.firmware_interface);
+        field!("inspect_interface", &n.inspect_interface);
+        field!("management_interface", &n.management_interface);
+        field!("network_interface", &n.network_interface);
+        field!("power_interface", &n.power_interface);
+        field!("raid_interface", &n.raid_interface);
+        field!("rescue_interface", &n.rescue_interface);
+        field!("storage_interface", &n.storage_interface);
+        field!("vendor_interface", &n.vendor_interface);
+        field!("created_at", &n.created_at);
+        field!("updated_at", &n.updated_at);
+
+        let id = n.uuid.to_string();
+        let path = format!("nodes/{id}");
+        let base = self.view.base;
+        out.serialize_entry(
+            "links",
+            &Links {
+                base,
+                path: &path,
+                sub: None,
+            },
+        )?;
+        if self.view.subresource_links && self.view.fields.is_none() {
+            let version = self.view.version;
+            for (sub, minor) in [
+                ("ports", 1),
+                ("states", 14),
+                ("portgroups", 24),
+                ("volume", 32),
+            ] {
+                if version.at_least(minor) {
+                    out.serialize_entry(
+                        sub,
+                        &Links {
+                            base,
+                            path: &path,
+                            sub: Some(sub),
+                        },
+                    )?;
+                }
+            }
+        }
+        out.end()
+    }
+}
+
+/// A node as a JSON value (for single-node responses and tests).
+pub fn node(node: &Node, view: NodeView<'_>) -> Value {
+    serde_json::to_value(NodeWire { node, view }).unwrap_or(Value::Null)
 }
 
 /// What to include when rendering a port.

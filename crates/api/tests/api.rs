@@ -12,7 +12,13 @@ use std::time::Duration;
 use tower::ServiceExt;
 
 /// method, path, microversion, body, expected status.
-type BadRequest = (&'static str, &'static str, Option<&'static str>, Vec<u8>, u16);
+type BadRequest = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Vec<u8>,
+    u16,
+);
 
 struct Api {
     app: axum::Router,

@@ -118,14 +118,28 @@ impl Config {
 pub fn init_logging(config: &Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("invalid log level {:?}", config.log_level))?;
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// Caps glibc's malloc arenas. By default glibc gives each thread that
+/// allocates its own arena (up to 8 per core); the blocking threads that
+/// decode store rows then keep tens of MiB each after a large listing.
+/// Call before any thread starts.
+pub fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes allocator tunables; it is called before
+    // the runtime starts any thread, so no allocation races with it.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// Hides the password of a database URL for logs.

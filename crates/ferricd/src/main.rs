@@ -1,6 +1,7 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
+    ferricd::limit_malloc_arenas();
     let args = ferricd::Args::parse();
     let config = ferricd::Config::load(&args)?;
     ferricd::init_logging(&config)?;
