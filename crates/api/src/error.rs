@@ -78,6 +78,18 @@ impl From<StoreError> for ApiError {
             StoreError::NodeLocked { .. } | StoreError::Conflict(_) => StatusCode::CONFLICT,
             StoreError::Database(_) | StoreError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        if status.is_server_error() {
+            // The cause stays in the log; the client learns only that the
+            // store failed.
+            let mut chain = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                chain.push_str(": ");
+                chain.push_str(&c.to_string());
+                cause = c.source();
+            }
+            tracing::error!("{chain}");
+        }
         let message = match &e {
             StoreError::NodeNotFound(n) => format!("Node {n} could not be found."),
             StoreError::PortNotFound(p) => format!("Port {p} could not be found."),

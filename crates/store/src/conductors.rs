@@ -26,7 +26,7 @@ impl Store {
         .bind(drivers)
         .bind(true)
         .bind(now)
-        .execute(&self.writes)
+        .execute(&mut *self.writer().await?)
         .await
         .map_err(StoreError::Database)?;
         Ok(())
@@ -41,7 +41,7 @@ impl Store {
                 .bind(Timestamp::now().unix_micros())
                 .bind(true)
                 .bind(hostname)
-                .execute(&self.writes)
+                .execute(&mut *self.writer().await?)
                 .await
                 .map_err(StoreError::Database)?;
         if done.rows_affected() == 0 {
@@ -55,7 +55,7 @@ impl Store {
         sqlx::query("UPDATE conductors SET online = $1 WHERE hostname = $2")
             .bind(false)
             .bind(hostname)
-            .execute(&self.writes)
+            .execute(&mut *self.writer().await?)
             .await
             .map_err(StoreError::Database)?;
         Ok(())
@@ -73,7 +73,7 @@ impl Store {
             "SELECT hostname, conductor_group, drivers, CASE WHEN online THEN 1 ELSE 0 END, \
              created_at, updated_at FROM conductors ORDER BY hostname",
         )
-        .fetch_all(&self.reads)
+        .fetch_all(&mut *self.reader().await?)
         .await
         .map_err(StoreError::Database)?;
         let now = Timestamp::now().unix_micros();

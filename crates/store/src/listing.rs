@@ -7,10 +7,10 @@
 //! as in Ironic on MySQL; both databases are told so explicitly because their
 //! defaults differ.
 
-use crate::SortDir;
+use crate::{SortDir, StoreError};
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
-use sqlx::{Any, AnyPool, AssertSqlSafe};
+use sqlx::{Any, AnyConnection, AssertSqlSafe};
 
 /// A value bound to a placeholder.
 pub(crate) enum Value {
@@ -103,7 +103,7 @@ impl Select {
     /// `marker_id`, at most `limit` rows.
     pub async fn fetch(
         mut self,
-        pool: &AnyPool,
+        conn: &mut AnyConnection,
         sort: SortColumn,
         dir: SortDir,
         marker_id: Option<i64>,
@@ -123,16 +123,33 @@ impl Select {
                 self.conditions.push(after_marker(sort, dir));
             }
         }
-        let mut sql = format!("SELECT {} FROM {from}", self.columns);
+        let mut filter = String::new();
         if !self.conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&self.conditions.join(" AND "));
+            filter.push_str(" WHERE ");
+            filter.push_str(&self.conditions.join(" AND "));
         }
-        sql.push_str(&order_by(sort, dir));
-        if let Some(limit) = limit {
-            let placeholder = self.placeholder(Value::Int(i64::from(limit)));
-            sql.push_str(&format!(" LIMIT {placeholder}"));
-        }
+        let order = order_by(sort, dir);
+        let sql = match limit {
+            // Sorting whole rows drags their JSON through the sorter: sort
+            // the ids alone, then read the rows of the page.
+            Some(limit) if sort.name != "id" => {
+                let limit = self.placeholder(Value::Int(i64::from(limit)));
+                format!(
+                    "SELECT {columns} FROM {table} t WHERE t.id IN \
+                     (SELECT t.id FROM {from}{filter}{order} LIMIT {limit}){order}",
+                    columns = self.columns,
+                    table = self.table,
+                )
+            }
+            Some(limit) => {
+                let limit = self.placeholder(Value::Int(i64::from(limit)));
+                format!(
+                    "SELECT {} FROM {from}{filter}{order} LIMIT {limit}",
+                    self.columns
+                )
+            }
+            None => format!("SELECT {} FROM {from}{filter}{order}", self.columns),
+        };
 
         // Every identifier in `sql` is one of this crate's constants; every
         // value is bound.
@@ -144,7 +161,7 @@ impl Select {
                 Value::Int(v) => query.bind(v),
             };
         }
-        query.fetch_all(pool).await
+        query.fetch_all(conn).await
     }
 }
 
@@ -182,4 +199,41 @@ fn after_marker(sort: SortColumn, dir: SortDir) -> String {
              OR (m.v IS NOT NULL AND (t.{c} IS NULL OR (t.{c}, t.id) < (m.v, m.id))))"
         ),
     }
+}
+
+/// Rows parsed inline; more are parsed on blocking threads, this many per
+/// thread. Parsing a node's JSON takes a few microseconds: a listing of
+/// thousands would stall the async runtime for milliseconds, and split
+/// across cores it comes back sooner.
+const ROWS_PER_TASK: usize = 250;
+
+/// `parse` applied to every row, in order.
+pub(crate) async fn parse_rows<T: Send + 'static>(
+    rows: Vec<AnyRow>,
+    parse: fn(&AnyRow) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    if rows.len() <= ROWS_PER_TASK {
+        return rows.iter().map(parse).collect();
+    }
+    let total = rows.len();
+    let mut rest = rows;
+    let mut tasks = Vec::new();
+    while !rest.is_empty() {
+        let tail = rest.split_off(rest.len().min(ROWS_PER_TASK));
+        let chunk = std::mem::replace(&mut rest, tail);
+        tasks.push(tokio::task::spawn_blocking(move || {
+            chunk
+                .iter()
+                .map(parse)
+                .collect::<Result<Vec<T>, StoreError>>()
+        }));
+    }
+    let mut parsed = Vec::with_capacity(total);
+    for task in tasks {
+        match task.await {
+            Ok(chunk) => parsed.extend(chunk?),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    Ok(parsed)
 }

@@ -1,6 +1,6 @@
 //! Nodes and their exclusive locks.
 
-use crate::listing::{Select, SortColumn, Value};
+use crate::listing::{parse_rows, Select, SortColumn, Value};
 use crate::{is_unique_violation, NodeIdent, NodeQuery, Store, StoreError, ID_ATTEMPTS};
 use ferric_types::{Node, Timestamp};
 use sqlx::any::{AnyArguments, AnyRow};
@@ -32,6 +32,13 @@ const NODE_SORT_COLUMNS: &[SortColumn] = &[
 /// apart, before `NodeLocked`: short operations finish meanwhile.
 const RESERVE_RETRIES: u32 = 3;
 const RESERVE_RETRY_DELAY: Duration = Duration::from_millis(20);
+
+/// The holder named by a `NodeLocked` when the lock changed hands too often
+/// to tell.
+const UNKNOWN_HOLDER: &str = "another conductor";
+
+/// The columns a listed node is read from, for `node_from_row`.
+const NODE_COLUMNS: &str = "t.reservation, t.data";
 
 // Placeholders $1 to $15 of both statements are the node's columns, bound by
 // `bind_node_columns`.
@@ -80,8 +87,8 @@ fn node_json(node: &Node) -> Result<String, StoreError> {
     serde_json::to_string(node).map_err(StoreError::Corrupt)
 }
 
-/// A node from a row of (reservation, data). The lock lives in its own column only:
-/// whatever `reservation` the JSON holds is stale.
+/// A node from a row of (reservation, data). The lock lives in its own
+/// column only: whatever `reservation` the JSON holds is stale.
 fn node_from_row(row: &AnyRow) -> Result<Node, StoreError> {
     let reservation: Option<String> = row.try_get(0).map_err(StoreError::Database)?;
     let data: &str = row.try_get(1).map_err(StoreError::Database)?;
@@ -98,7 +105,8 @@ impl Store {
         for _ in 0..ID_ATTEMPTS {
             let query = bind_node_columns(sqlx::query(INSERT_NODE), node, data.clone())
                 .bind(node.uuid.to_string());
-            match query.execute(&self.writes).await {
+            let result = query.execute(&mut *self.writer().await?).await;
+            match result {
                 Ok(done) if done.rows_affected() == 1 => return Ok(()),
                 // A concurrent INSERT took the same id.
                 Ok(_) => continue,
@@ -115,26 +123,24 @@ impl Store {
     }
 
     pub async fn get_node(&self, ident: &NodeIdent) -> Result<Node, StoreError> {
-        let (sql, key, shown) = match ident {
+        let (sql, key) = match ident {
             NodeIdent::Uuid(uuid) => (
                 "SELECT reservation, data FROM nodes WHERE uuid = $1",
-                uuid.to_string(),
                 uuid.to_string(),
             ),
             NodeIdent::Name(name) => (
                 "SELECT reservation, data FROM nodes WHERE name = $1",
                 name.clone(),
-                name.clone(),
             ),
         };
         let row = sqlx::query(sql)
-            .bind(key)
-            .fetch_optional(&self.reads)
+            .bind(key.as_str())
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(StoreError::Database)?;
         match row {
             Some(row) => node_from_row(&row),
-            None => Err(StoreError::NodeNotFound(shown)),
+            None => Err(StoreError::NodeNotFound(key)),
         }
     }
 
@@ -193,10 +199,16 @@ impl Store {
         };
         let sort = SortColumn::find(NODE_SORT_COLUMNS, query.sort_key.as_deref());
         let rows = select
-            .fetch(&self.reads, sort, query.sort_dir, marker_id, query.limit)
+            .fetch(
+                &mut *self.reader().await?,
+                sort,
+                query.sort_dir,
+                marker_id,
+                query.limit,
+            )
             .await
             .map_err(StoreError::Database)?;
-        rows.iter().map(node_from_row).collect()
+        parse_rows(rows, node_from_row).await
     }
 
     /// Writes the whole node (its `reservation` field is ignored: only
@@ -213,7 +225,7 @@ impl Store {
         // The ports go by ON DELETE CASCADE.
         let done = sqlx::query("DELETE FROM nodes WHERE uuid = $1")
             .bind(uuid.to_string())
-            .execute(&self.writes)
+            .execute(&mut *self.writer().await?)
             .await
             .map_err(StoreError::Database)?;
         if done.rows_affected() == 0 {
@@ -235,15 +247,14 @@ impl Store {
             NodeIdent::Uuid(uuid) => *uuid,
             NodeIdent::Name(name) => self.node_uuid_by_name(name).await?,
         };
-        let mut retries = 0;
-        loop {
+        for attempt in 0..=RESERVE_RETRIES {
             let row = sqlx::query(
                 "UPDATE nodes SET reservation = $1 WHERE uuid = $2 AND reservation IS NULL \
                  RETURNING reservation, data",
             )
             .bind(conductor)
             .bind(uuid.to_string())
-            .fetch_optional(&self.writes)
+            .fetch_optional(&mut *self.writer().await?)
             .await
             .map_err(StoreError::Database)?;
             if let Some(row) = row {
@@ -252,16 +263,20 @@ impl Store {
             match self.node_lock(uuid).await? {
                 // Released since the UPDATE: try again at once.
                 None => {}
-                Some(holder) if retries == RESERVE_RETRIES => {
+                Some(holder) if attempt == RESERVE_RETRIES => {
                     return Err(StoreError::NodeLocked { node: uuid, holder })
                 }
                 Some(holder) => {
                     tracing::debug!(node = %uuid, %holder, "node is locked, retrying");
-                    retries += 1;
                     tokio::time::sleep(RESERVE_RETRY_DELAY).await;
                 }
             }
         }
+        // Every attempt lost to a lock taken and released in between.
+        Err(StoreError::NodeLocked {
+            node: uuid,
+            holder: UNKNOWN_HOLDER.to_string(),
+        })
     }
 
     /// Releases the lock if `conductor` holds it; Ok either way.
@@ -269,7 +284,7 @@ impl Store {
         sqlx::query("UPDATE nodes SET reservation = NULL WHERE uuid = $1 AND reservation = $2")
             .bind(uuid.to_string())
             .bind(conductor)
-            .execute(&self.writes)
+            .execute(&mut *self.writer().await?)
             .await
             .map_err(StoreError::Database)?;
         Ok(())
@@ -289,7 +304,7 @@ impl Store {
     pub async fn release_all_locks(&self, conductor: &str) -> Result<u64, StoreError> {
         let done = sqlx::query("UPDATE nodes SET reservation = NULL WHERE reservation = $1")
             .bind(conductor)
-            .execute(&self.writes)
+            .execute(&mut *self.writer().await?)
             .await
             .map_err(StoreError::Database)?;
         Ok(done.rows_affected())
@@ -303,7 +318,9 @@ impl Store {
         release: bool,
     ) -> Result<Node, StoreError> {
         let mut node = node.clone();
-        node.updated_at = Some(crate::now());
+        node.updated_at = Some(Timestamp::now());
+        // The column holds the lock; a copy in the JSON would only go stale.
+        node.reservation = None;
         let data = node_json(&node)?;
         // A lock released between the UPDATE and the look-up: one more try.
         for _ in 0..2 {
@@ -311,11 +328,11 @@ impl Store {
                 .bind(release)
                 .bind(node.uuid.to_string())
                 .bind(conductor)
-                .fetch_optional(&self.writes)
+                .fetch_optional(&mut *self.writer().await?)
                 .await;
             match row {
                 Ok(Some(row)) => {
-                    // As read back: timestamps lose their nanoseconds.
+                    // As read back: a timestamp finer than microseconds is not kept.
                     let mut stored: Node =
                         serde_json::from_str(&data).map_err(StoreError::Corrupt)?;
                     stored.reservation = row.try_get(0).map_err(StoreError::Database)?;
@@ -336,7 +353,7 @@ impl Store {
         }
         Err(StoreError::NodeLocked {
             node: node.uuid,
-            holder: "another conductor".to_string(),
+            holder: UNKNOWN_HOLDER.to_string(),
         })
     }
 
@@ -345,7 +362,7 @@ impl Store {
         let holder: Option<Option<String>> =
             sqlx::query_scalar("SELECT reservation FROM nodes WHERE uuid = $1")
                 .bind(uuid.to_string())
-                .fetch_optional(&self.reads)
+                .fetch_optional(&mut *self.reader().await?)
                 .await
                 .map_err(StoreError::Database)?;
         holder.ok_or_else(|| StoreError::NodeNotFound(uuid.to_string()))
@@ -354,7 +371,7 @@ impl Store {
     async fn node_uuid_by_name(&self, name: &str) -> Result<Uuid, StoreError> {
         let uuid: Option<String> = sqlx::query_scalar("SELECT uuid FROM nodes WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.reads)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(StoreError::Database)?;
         let uuid = uuid.ok_or_else(|| StoreError::NodeNotFound(name.to_string()))?;
@@ -365,7 +382,7 @@ impl Store {
     async fn node_id(&self, uuid: Uuid) -> Result<i64, StoreError> {
         let id: Option<i64> = sqlx::query_scalar("SELECT id FROM nodes WHERE uuid = $1")
             .bind(uuid.to_string())
-            .fetch_optional(&self.reads)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(StoreError::Database)?;
         id.ok_or_else(|| StoreError::NodeNotFound(uuid.to_string()))
@@ -415,6 +432,3 @@ impl Store {
         ))
     }
 }
-
-/// The columns a listed node is read from, for `node_from_row`.
-const NODE_COLUMNS: &str = "t.reservation, t.data";

@@ -1,6 +1,6 @@
 //! Ports: a node's network interfaces, found by MAC address.
 
-use crate::listing::{Select, SortColumn, Value};
+use crate::listing::{parse_rows, Select, SortColumn, Value};
 use crate::{
     is_foreign_key_violation, is_unique_violation, PortQuery, Store, StoreError, ID_ATTEMPTS,
 };
@@ -61,7 +61,8 @@ impl Store {
         for _ in 0..ID_ATTEMPTS {
             let query = bind_port_columns(sqlx::query(INSERT_PORT), port, data.clone())
                 .bind(port.uuid.to_string());
-            match query.execute(&self.writes).await {
+            let result = query.execute(&mut *self.writer().await?).await;
+            match result {
                 Ok(done) if done.rows_affected() == 1 => return Ok(()),
                 // A concurrent INSERT took the same id.
                 Ok(_) => continue,
@@ -77,7 +78,7 @@ impl Store {
     pub async fn get_port(&self, uuid: Uuid) -> Result<Port, StoreError> {
         let row = sqlx::query("SELECT data FROM ports WHERE uuid = $1")
             .bind(uuid.to_string())
-            .fetch_optional(&self.reads)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(StoreError::Database)?;
         match row {
@@ -89,7 +90,7 @@ impl Store {
     pub async fn get_port_by_name(&self, name: &str) -> Result<Port, StoreError> {
         let row = sqlx::query("SELECT data FROM ports WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.reads)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(StoreError::Database)?;
         match row {
@@ -114,27 +115,33 @@ impl Store {
         };
         let sort = SortColumn::find(PORT_SORT_COLUMNS, query.sort_key.as_deref());
         let rows = select
-            .fetch(&self.reads, sort, query.sort_dir, marker_id, query.limit)
+            .fetch(
+                &mut *self.reader().await?,
+                sort,
+                query.sort_dir,
+                marker_id,
+                query.limit,
+            )
             .await
             .map_err(StoreError::Database)?;
-        rows.iter().map(port_from_row).collect()
+        parse_rows(rows, port_from_row).await
     }
 
     /// Writes the whole port, sets `updated_at`. Conflict on a duplicate address.
     /// PortNotFound if absent; NodeNotFound if its (new) node does not exist.
     pub async fn update_port(&self, port: &Port) -> Result<Port, StoreError> {
         let mut port = port.clone();
-        port.updated_at = Some(crate::now());
+        port.updated_at = Some(Timestamp::now());
         let data = port_json(&port)?;
         let done = bind_port_columns(sqlx::query(UPDATE_PORT), &port, data.clone())
             .bind(port.uuid.to_string())
-            .execute(&self.writes)
+            .execute(&mut *self.writer().await?)
             .await;
         match done {
             Ok(done) if done.rows_affected() == 0 => {
                 Err(StoreError::PortNotFound(port.uuid.to_string()))
             }
-            // As read back: timestamps lose their nanoseconds.
+            // As read back: a timestamp finer than microseconds is not kept.
             Ok(_) => serde_json::from_str(&data).map_err(StoreError::Corrupt),
             Err(e) => Err(self.port_write_error(&port, false, e).await),
         }
@@ -144,7 +151,7 @@ impl Store {
     pub async fn delete_port(&self, uuid: Uuid) -> Result<(), StoreError> {
         let done = sqlx::query("DELETE FROM ports WHERE uuid = $1")
             .bind(uuid.to_string())
-            .execute(&self.writes)
+            .execute(&mut *self.writer().await?)
             .await
             .map_err(StoreError::Database)?;
         if done.rows_affected() == 0 {
@@ -157,7 +164,7 @@ impl Store {
     async fn port_id(&self, uuid: Uuid) -> Result<i64, StoreError> {
         let id: Option<i64> = sqlx::query_scalar("SELECT id FROM ports WHERE uuid = $1")
             .bind(uuid.to_string())
-            .fetch_optional(&self.reads)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(StoreError::Database)?;
         id.ok_or_else(|| StoreError::PortNotFound(uuid.to_string()))

@@ -1069,7 +1069,7 @@ async fn concurrent_creations_all_land_in_creation_order() {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let mut created = Vec::new();
-                    for _ in 0..25 {
+                    for _ in 0..80 {
                         let n = node(None);
                         store.create_node(&n).await.unwrap();
                         created.push(n.uuid);
@@ -1083,7 +1083,8 @@ async fn concurrent_creations_all_land_in_creation_order() {
             per_task.push(task.await.unwrap());
         }
         let listed = uuids(&store.list_nodes(&NodeQuery::default()).await.unwrap());
-        assert_eq!(listed.len(), 200);
+        // More than one parsing task's worth, to check they keep the order.
+        assert_eq!(listed.len(), 640);
         // Each task's nodes appear in the order it created them.
         for created in per_task {
             let positions: Vec<usize> = created
