@@ -1126,7 +1126,16 @@ async fn an_in_memory_sqlite_store_works() {
 async fn an_unknown_url_scheme_is_refused_without_echoing_the_url() {
     let refused = Store::connect("mysql://root:secret@localhost/ferric").await;
     let message = match refused {
-        Err(e) => e.to_string(),
+        Err(e) => {
+            // The whole chain, as the log shows it.
+            let mut chain = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                chain = format!("{chain}: {c}");
+                cause = c.source();
+            }
+            chain
+        }
         Ok(_) => panic!("connected to mysql"),
     };
     assert!(message.contains("mysql"), "{message}");
