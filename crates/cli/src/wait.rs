@@ -1,0 +1,193 @@
+//! `--wait`: a live state line until the node settles.
+
+use crate::client::IronicClient;
+use crate::output::Output;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const POLL: Duration = Duration::from_millis(500);
+
+/// States the conductor works in; a node there has not settled.
+const BUSY: &[&str] = &[
+    "verifying",
+    "deploying",
+    "deleting",
+    "cleaning",
+    "inspecting",
+    "adopting",
+    "rescuing",
+    "unrescuing",
+    "servicing",
+];
+
+/// States that end an operation badly.
+pub const FAILED: &[&str] = &[
+    "deploy failed",
+    "clean failed",
+    "inspect failed",
+    "adopt failed",
+    "rescue failed",
+    "unrescue failed",
+    "service failed",
+    "error",
+];
+
+/// How a node ended up, seen from a wait.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Still moving.
+    Pending,
+    Reached,
+    Failed,
+}
+
+/// Judges one look at the node. `expect` is the state the operation should
+/// reach; without one, any settled state that is not a failure will do.
+pub fn verdict(node: &Value, expect: Option<&str>) -> Verdict {
+    let state = node["provision_state"].as_str().unwrap_or("");
+    let locked = !node["reservation"].is_null();
+    if FAILED.contains(&state) {
+        return Verdict::Failed;
+    }
+    if let Some(want) = expect {
+        if state == want && !locked {
+            return Verdict::Reached;
+        }
+        // A failed verification sends a node back to enroll.
+        if want == "manageable" && state == "enroll" && !node["last_error"].is_null() && !locked {
+            return Verdict::Failed;
+        }
+        return Verdict::Pending;
+    }
+    if BUSY.contains(&state) || locked {
+        Verdict::Pending
+    } else {
+        Verdict::Reached
+    }
+}
+
+fn line(node: &Value) -> String {
+    let state = node["provision_state"].as_str().unwrap_or("?");
+    let mut text = match node["target_provision_state"].as_str() {
+        Some(target) => format!("{state} -> {target}"),
+        None => state.to_string(),
+    };
+    if let Some(power) = node["power_state"].as_str() {
+        text.push_str(&format!(", {power}"));
+    }
+    for key in ["deploy_step", "clean_step", "service_step"] {
+        if let Some(step) = node[key]["step"].as_str() {
+            text.push_str(&format!(", step {step}"));
+        }
+    }
+    text
+}
+
+pub fn until_settled(
+    client: &IronicClient,
+    out: &Output,
+    node: &str,
+    expect: Option<&str>,
+    timeout: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template(
+        "{spinner} [{elapsed}] {prefix}: {msg}",
+    )?);
+    bar.set_prefix(node.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    loop {
+        let current = client.get(&format!("/v1/nodes/{node}"))?;
+        bar.set_message(line(&current));
+        match verdict(&current, expect) {
+            Verdict::Pending => {}
+            Verdict::Reached => {
+                bar.finish_with_message(line(&current));
+                out.note(&format!(
+                    "{node} is {}",
+                    current["provision_state"].as_str().unwrap_or("?")
+                ));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Verdict::Failed => {
+                bar.finish_with_message(line(&current));
+                eprintln!(
+                    "ferric: {node} is {}: {}",
+                    current["provision_state"].as_str().unwrap_or("?"),
+                    current["last_error"]
+                        .as_str()
+                        .unwrap_or("no error recorded")
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        if timeout.is_some_and(|t| started.elapsed() > t) {
+            bar.abandon();
+            eprintln!(
+                "ferric: {node} did not settle in {:?}: {}",
+                timeout.unwrap_or_default(),
+                line(&current)
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until a power action has finished (no target power state).
+pub fn until_power_settled(
+    client: &IronicClient,
+    node: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let current = client.get(&format!("/v1/nodes/{node}/states"))?;
+        if current["target_power_state"].is_null() {
+            if let Some(err) = current["last_error"].as_str() {
+                anyhow::ensure!(!err.contains("power state"), "{err}");
+            }
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "power action on {node} did not finish in {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn verdicts() {
+        let n = |state: &str, locked: bool| json!({"provision_state": state, "reservation": if locked { json!("c") } else { Value::Null }, "last_error": null});
+        assert_eq!(
+            verdict(&n("deploying", true), Some("active")),
+            Verdict::Pending
+        );
+        assert_eq!(
+            verdict(&n("active", true), Some("active")),
+            Verdict::Pending
+        );
+        assert_eq!(
+            verdict(&n("active", false), Some("active")),
+            Verdict::Reached
+        );
+        assert_eq!(
+            verdict(&n("deploy failed", false), Some("active")),
+            Verdict::Failed
+        );
+        assert_eq!(verdict(&n("wait call-back", false), None), Verdict::Reached);
+        assert_eq!(verdict(&n("cleaning", false), None), Verdict::Pending);
+        let mut failed_verify = n("enroll", false);
+        failed_verify["last_error"] = json!("bmc down");
+        assert_eq!(verdict(&failed_verify, Some("manageable")), Verdict::Failed);
+    }
+}
