@@ -67,63 +67,83 @@ impl FromRequestParts<AppState> for BaseUrl {
     }
 }
 
+/// Routes `path` and `path/` alike: clients such as python-ironicclient
+/// ask for collections with a trailing slash.
+fn both(
+    router: Router<AppState>,
+    path: &str,
+    method: axum::routing::MethodRouter<AppState>,
+) -> Router<AppState> {
+    if path == "/" || path.ends_with('/') {
+        return router.route(path, method);
+    }
+    router
+        .route(path, method.clone())
+        .route(&format!("{path}/"), method)
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(root::root))
-        .route("/v1", get(root::v1))
-        .route("/v1/", get(root::v1))
-        .route("/v1/nodes", get(nodes::list).post(nodes::create))
-        .route("/v1/nodes/detail", get(nodes::list_detail))
-        .route(
+    let routes: Vec<(&str, axum::routing::MethodRouter<AppState>)> = vec![
+        ("/", get(root::root)),
+        ("/v1/nodes", get(nodes::list).post(nodes::create)),
+        ("/v1/nodes/detail", get(nodes::list_detail)),
+        (
             "/v1/nodes/{node}",
             get(nodes::show).patch(nodes::update).delete(nodes::delete),
-        )
-        .route("/v1/nodes/{node}/validate", get(nodes::validate))
-        .route("/v1/nodes/{node}/states", get(nodes::states))
-        .route("/v1/nodes/{node}/states/power", put(nodes::set_power))
-        .route(
+        ),
+        ("/v1/nodes/{node}/validate", get(nodes::validate)),
+        ("/v1/nodes/{node}/states", get(nodes::states)),
+        ("/v1/nodes/{node}/states/power", put(nodes::set_power)),
+        (
             "/v1/nodes/{node}/states/provision",
             put(nodes::set_provision),
-        )
-        .route(
+        ),
+        (
             "/v1/nodes/{node}/management/boot_device",
             get(nodes::get_boot_device).put(nodes::set_boot_device),
-        )
-        .route(
+        ),
+        (
             "/v1/nodes/{node}/management/boot_device/supported",
             get(nodes::supported_boot_devices),
-        )
-        .route(
+        ),
+        (
             "/v1/nodes/{node}/maintenance",
             put(nodes::set_maintenance).delete(nodes::unset_maintenance),
-        )
-        .route(
+        ),
+        (
             "/v1/nodes/{node}/traits",
             get(nodes::list_traits)
                 .put(nodes::set_traits)
                 .delete(nodes::delete_all_traits),
-        )
-        .route(
+        ),
+        (
             "/v1/nodes/{node}/traits/{trait_name}",
             put(nodes::add_trait).delete(nodes::delete_trait),
-        )
-        .route("/v1/nodes/{node}/ports", get(ports::list_for_node))
-        .route(
+        ),
+        ("/v1/nodes/{node}/ports", get(ports::list_for_node)),
+        (
             "/v1/nodes/{node}/ports/detail",
             get(ports::list_detail_for_node),
-        )
-        .route("/v1/ports", get(ports::list).post(ports::create))
-        .route("/v1/ports/detail", get(ports::list_detail))
-        .route(
+        ),
+        ("/v1/ports", get(ports::list).post(ports::create)),
+        ("/v1/ports/detail", get(ports::list_detail)),
+        (
             "/v1/ports/{port}",
             get(ports::show).patch(ports::update).delete(ports::delete),
-        )
-        .route("/v1/drivers", get(drivers::list))
-        .route("/v1/drivers/{driver}", get(drivers::show))
-        .route("/v1/drivers/{driver}/properties", get(drivers::properties))
-        .route("/v1/conductors", get(drivers::list_conductors))
-        .route("/v1/conductors/{hostname}", get(drivers::show_conductor))
+        ),
+        ("/v1/drivers", get(drivers::list)),
+        ("/v1/drivers/{driver}", get(drivers::show)),
+        ("/v1/drivers/{driver}/properties", get(drivers::properties)),
+        ("/v1/conductors", get(drivers::list_conductors)),
+        ("/v1/conductors/{hostname}", get(drivers::show_conductor)),
+        ("/v1", get(root::v1)),
+    ];
+    let mut router = Router::new();
+    for (path, method) in routes {
+        router = both(router, path, method);
+    }
+    router
         .fallback(root::not_found)
         .method_not_allowed_fallback(root::method_not_allowed)
         .layer(axum::middleware::from_fn(version::middleware))

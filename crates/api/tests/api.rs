@@ -146,7 +146,7 @@ impl Api {
             "unrescuing",
             "servicing",
         ];
-        for _ in 0..200 {
+        for _ in 0..1500 {
             let n = self.get(&format!("/v1/nodes/{node}")).await.body;
             let busy = BUSY.contains(&n["provision_state"].as_str().unwrap_or(""));
             if !busy && n["reservation"].is_null() {
@@ -190,6 +190,14 @@ async fn version_discovery_and_headers() {
     );
     let garbage = api.call("GET", "/v1/nodes", Some("banana"), None).await;
     assert_eq!(garbage.status, 400);
+    for path in [
+        "/v1/nodes/",
+        "/v1/nodes/detail/",
+        "/v1/ports/",
+        "/v1/drivers/",
+    ] {
+        assert_eq!(api.get(path).await.status, 200, "{path}");
+    }
     let missing = api.get("/v1/nowhere").await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.headers["x-openstack-ironic-api-version"], "1.95");
@@ -282,7 +290,8 @@ async fn deploy_with_configdrive_dict_and_deploy_steps_masks_secrets() {
     assert!(!n.to_string().contains("cloud-config"));
     assert_eq!(
         n["driver_internal_info"]["fake_steps_done"],
-        json!(["deploy.deploy"])
+        json!(["clean.erase_devices_metadata", "deploy.deploy"]),
+        "automated cleaning ran its step, then the deploy step"
     );
 
     // An unknown deploy step is refused before anything changes.

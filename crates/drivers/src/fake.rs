@@ -194,9 +194,11 @@ impl BootInterface for FakeBoot {
     }
 }
 
-/// Fake deploy: one deploy step (`deploy`, priority 100) and one clean step
-/// (`erase_devices_metadata`, priority 0, so it runs only when asked for),
-/// each finishing at once unless told otherwise.
+/// Fake deploy: one deploy step (`deploy`, priority 100) and the clean
+/// steps of the ramdisk agent with its default priorities
+/// (`erase_devices_metadata` 99, so automated cleaning runs it;
+/// `erase_devices` 0, only when asked for), each finishing at once unless
+/// told otherwise.
 pub struct FakeDeploy;
 
 impl FakeDeploy {
@@ -220,7 +222,10 @@ impl DeployInterface for FakeDeploy {
     fn steps(&self, kind: StepKind) -> Vec<StepDefinition> {
         match kind {
             StepKind::Deploy => vec![Self::step("deploy", 100)],
-            StepKind::Clean => vec![Self::step("erase_devices_metadata", 0)],
+            StepKind::Clean => vec![
+                Self::step("erase_devices_metadata", 99),
+                Self::step("erase_devices", 0),
+            ],
             StepKind::Service => Vec::new(),
         }
     }
