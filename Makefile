@@ -1,0 +1,98 @@
+# Ferric's developer entry points. On a fresh Debian 12 machine, as root:
+#   make demo    installs what it needs, builds, walks a fake node through its life
+#   make test    installs what the tests need, runs every check CI runs
+# Other targets: build, lint, rust-test, api-test (needs a build), bench, deps.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+# Each recipe is one shell script, so `trap` and variables span its lines.
+.ONESHELL:
+
+CARGO ?= cargo
+PYTEST ?= .venv/bin/pytest
+PYTEST_ARGS ?=
+# The throwaway PostgreSQL of `make test` (scripts/pg-test-server).
+PG_DIR ?= .work/pg
+PG_PORT ?= 55432
+
+.PHONY: all build lint rust-test api-test test demo bench deps
+
+all: build
+
+deps:
+	scripts/install-deps
+
+build:
+	$(CARGO) build --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The Rust tests (nextest when installed, and the doc tests, which nextest
+# does not run); store tests use FERRIC_TEST_POSTGRES_URL when it is set.
+define rust_tests
+	if command -v cargo-nextest >/dev/null 2>&1; then
+		$(CARGO) nextest run --workspace --no-fail-fast
+	else
+		$(CARGO) test --workspace --no-fail-fast
+	fi && $(CARGO) test --workspace --doc
+endef
+
+rust-test:
+	$(rust_tests)
+
+# The end-to-end tests against target/debug/ferricd with the real OpenStack clients.
+api-test:
+	$(PYTEST) tests/api $(PYTEST_ARGS)
+
+# Everything CI checks. Every step runs even when an earlier one failed (a
+# failed build skips the steps that need its binaries); any failure fails
+# the target. PostgreSQL is stopped whatever happens.
+test: deps
+	@failed=()
+	step() {
+		local name=$$1; shift
+		echo "==> $$name: $$*"
+		local start=$$SECONDS
+		if "$$@"; then
+			echo "==> $$name: ok ($$((SECONDS - start)) s)"
+		else
+			echo "==> $$name: FAILED ($$((SECONDS - start)) s)"
+			failed+=("$$name")
+			return 1
+		fi
+	}
+	pg_dir=$(PG_DIR)
+	mkdir -p "$$pg_dir"
+	# As root the cluster runs as `postgres`, which may not reach a clone under
+	# a private home directory: then the cluster lives under /tmp instead.
+	if [[ $$(id -u) -eq 0 ]] && ! runuser -u postgres -- test -x "$$(cd "$$pg_dir/.." && pwd -P)" 2>/dev/null; then
+		pg_dir=$${TMPDIR:-/tmp}/ferric-make-test-pg
+		echo "==> the postgres user cannot reach $(PG_DIR); the test cluster lives in $$pg_dir"
+	fi
+	trap 'scripts/pg-test-server stop "$$pg_dir" || true' EXIT
+	trap 'exit 143' TERM INT
+	FERRIC_TEST_POSTGRES_URL=$$(scripts/pg-test-server start "$$pg_dir" $(PG_PORT))
+	export FERRIC_TEST_POSTGRES_URL FERRIC_REQUIRE_POSTGRES=1
+	echo "==> PostgreSQL: $$FERRIC_TEST_POSTGRES_URL"
+	step fmt $(CARGO) fmt --all -- --check || true
+	step clippy $(CARGO) clippy --workspace --all-targets -- -D warnings || true
+	if step build $(CARGO) build --workspace; then
+		rust_tests() {
+			$(rust_tests)
+		}
+		step rust-tests rust_tests || true
+		step api-tests $(PYTEST) tests/api $(PYTEST_ARGS) || true
+	fi
+	if (( $${#failed[@]} )); then
+		echo "==> make test: FAILED: $${failed[*]}"
+		exit 1
+	fi
+	echo "==> make test: every step passed"
+
+demo: deps
+	scripts/demo
+
+bench:
+	scripts/bench-api.sh
