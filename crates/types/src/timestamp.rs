@@ -19,7 +19,10 @@ impl Timestamp {
     /// store, so a timestamp survives both unchanged.
     pub fn now() -> Self {
         let now = OffsetDateTime::now_utc();
-        Timestamp(now.replace_nanosecond(now.microsecond() * 1000).unwrap_or(now))
+        Timestamp(
+            now.replace_nanosecond(now.microsecond() * 1000)
+                .unwrap_or(now),
+        )
     }
 
     pub fn from_unix_micros(micros: i64) -> Self {
