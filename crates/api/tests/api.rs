@@ -654,3 +654,63 @@ async fn drivers_and_conductors_are_listed() {
     assert_eq!(c["conductors"][0]["hostname"], "test-conductor");
     assert_eq!(c["conductors"][0]["alive"], true);
 }
+
+#[tokio::test]
+async fn reserved_steps_hold_unhold_and_service() {
+    let api = api().await;
+    let node = api
+        .create_node(json!({"driver": "fake-hardware", "name": "held"}))
+        .await;
+    let id = node["uuid"].as_str().unwrap();
+    api.provision(id, "manage").await;
+    api.settle(id).await;
+    let r = api
+        .send(
+            "PUT",
+            &format!("/v1/nodes/{id}/states/provision"),
+            json!({"target": "clean", "clean_steps": [
+                {"interface": "deploy", "step": "hold"},
+                {"interface": "deploy", "step": "erase_devices_metadata"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let n = api.settle(id).await;
+    assert_eq!(n["provision_state"], "clean hold");
+    assert_eq!(n["clean_step"]["step"], "hold");
+    assert!(
+        n["driver_internal_info"].get("fake_steps_done").is_none(),
+        "nothing ran past the hold"
+    );
+    assert_eq!(api.provision(id, "unhold").await.status, 202);
+    let n = api.settle(id).await;
+    assert_eq!(n["provision_state"], "manageable", "{n}");
+    assert_eq!(
+        n["driver_internal_info"]["fake_steps_done"],
+        json!(["clean.erase_devices_metadata"])
+    );
+
+    for verb in ["provide", "active"] {
+        api.provision(id, verb).await;
+        api.settle(id).await;
+    }
+    let r = api
+        .send(
+            "PUT",
+            &format!("/v1/nodes/{id}/states/provision"),
+            json!({"target": "service", "service_steps": [
+                {"interface": "power", "step": "power_off"},
+                {"interface": "power", "step": "power_on"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let n = api.settle(id).await;
+    assert_eq!(
+        (n["provision_state"].clone(), n["power_state"].clone()),
+        (json!("active"), json!("power on"))
+    );
+    let bad = api
+        .send("PUT", &format!("/v1/nodes/{id}/states/provision"),
+              json!({"target": "service", "service_steps": [{"interface": "deploy", "step": "no_such"}]}))
+        .await;
+    assert_eq!(bad.status, 400);
+}

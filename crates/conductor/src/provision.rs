@@ -1,6 +1,6 @@
 //! Provision verbs and the background work they start.
 
-use crate::steps::{manual_steps, merge_steps};
+use crate::steps::{is_reserved, manual_steps, merge_steps};
 use crate::{Conductor, ConductorError};
 use ferric_drivers::{DriverError, NodeDriver, StepKind, StepOutcome};
 use ferric_state_machine::{next, Action, Event, Verb};
@@ -489,11 +489,15 @@ impl Conductor {
                     "could not record step progress: {e}"
                 )));
             }
-            let outcome = match step.interface {
-                StepInterface::Deploy => driver.deploy.execute_step(node, kind, step).await,
-                other => Err(DriverError::Unsupported(format!(
-                    "no implementation runs steps of interface {other:?}"
-                ))),
+            let outcome = if is_reserved(step) {
+                self.reserved_step(node, driver, step).await
+            } else {
+                match step.interface {
+                    StepInterface::Deploy => driver.deploy.execute_step(node, kind, step).await,
+                    other => Err(DriverError::Unsupported(format!(
+                        "no implementation runs steps of interface {other:?}"
+                    ))),
+                }
             }
             .map_err(|e| {
                 DriverError::Failed(format!(
@@ -513,6 +517,47 @@ impl Conductor {
         node.driver_internal_info
             .remove(&internal_key(kind, STEP_INDEX_KEY));
         Ok(Outcome::Done)
+    }
+}
+
+impl Conductor {
+    /// The steps Ironic's conductor runs itself: power actions, `hold`, and
+    /// `wait` (for the agent, or for `args.seconds`, at most 30 s).
+    async fn reserved_step(
+        &self,
+        node: &mut Node,
+        driver: &NodeDriver,
+        step: &Step,
+    ) -> Result<StepOutcome, DriverError> {
+        match step.step.as_str() {
+            "power_on" => {
+                driver
+                    .power
+                    .set_power_state(node, PowerState::On, None)
+                    .await?;
+                node.power_state = Some(PowerState::On);
+            }
+            "power_off" if !node.disable_power_off => {
+                driver
+                    .power
+                    .set_power_state(node, PowerState::Off, None)
+                    .await?;
+                node.power_state = Some(PowerState::Off);
+            }
+            "reboot" => {
+                driver.power.reboot(node, false, None).await?;
+                node.power_state = Some(PowerState::On);
+            }
+            "hold" => return Ok(StepOutcome::Hold),
+            "wait" => match step.args.get("seconds").and_then(Value::as_u64) {
+                Some(secs) => {
+                    tokio::time::sleep(std::time::Duration::from_secs(secs.min(30))).await
+                }
+                None => return Ok(StepOutcome::Wait),
+            },
+            _ => {}
+        }
+        Ok(StepOutcome::Done)
     }
 }
 

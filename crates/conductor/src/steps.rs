@@ -11,6 +11,15 @@ pub struct StepRef {
     pub step: String,
 }
 
+/// Step names the conductor runs itself, on any interface, as Ironic does:
+/// power actions, `hold` (until an operator unholds) and `wait` (for the
+/// agent, or `args.seconds`).
+pub const RESERVED_STEPS: &[&str] = &["power_on", "power_off", "reboot", "hold", "wait"];
+
+pub fn is_reserved(step: &Step) -> bool {
+    RESERVED_STEPS.contains(&step.step.as_str())
+}
+
 fn find<'a>(offered: &'a [StepDefinition], wanted: &Step) -> Option<&'a StepDefinition> {
     offered
         .iter()
@@ -59,12 +68,16 @@ pub fn merge_steps(
                 wanted.step
             ));
         }
-        let slot = steps
+        match steps
             .iter_mut()
             .find(|s| s.interface == wanted.interface && s.step == wanted.step)
-            .expect("offered steps were all copied");
-        slot.args = wanted.args.clone();
-        slot.priority = Some(priority);
+        {
+            Some(slot) => {
+                slot.args = wanted.args.clone();
+                slot.priority = Some(priority);
+            }
+            None => steps.push(wanted.clone()),
+        }
     }
     steps.retain(|s| s.priority.unwrap_or(0) > 0);
     // Stable sort: equal (priority, interface) keep the driver's order.
@@ -89,7 +102,7 @@ pub fn manual_steps(
         return Err(format!("No {kind} steps were given"));
     }
     for wanted in requested {
-        if find(offered, wanted).is_none() {
+        if find(offered, wanted).is_none() && !is_reserved(wanted) {
             return Err(unsupported(kind, wanted));
         }
     }
