@@ -2,37 +2,13 @@
 
 use crate::client::IronicClient;
 use crate::output::Output;
+use ferric_types::ProvisionState;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_millis(500);
-
-/// States the conductor works in; a node there has not settled.
-const BUSY: &[&str] = &[
-    "verifying",
-    "deploying",
-    "deleting",
-    "cleaning",
-    "inspecting",
-    "adopting",
-    "rescuing",
-    "unrescuing",
-    "servicing",
-];
-
-/// States that end an operation badly.
-pub const FAILED: &[&str] = &[
-    "deploy failed",
-    "clean failed",
-    "inspect failed",
-    "adopt failed",
-    "rescue failed",
-    "unrescue failed",
-    "service failed",
-    "error",
-];
 
 /// How a node ended up, seen from a wait.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,8 +23,9 @@ pub enum Verdict {
 /// reach; without one, any settled state that is not a failure will do.
 pub fn verdict(node: &Value, expect: Option<&str>) -> Verdict {
     let state = node["provision_state"].as_str().unwrap_or("");
+    let parsed = state.parse::<ProvisionState>().ok();
     let locked = !node["reservation"].is_null();
-    if FAILED.contains(&state) {
+    if parsed.is_some_and(ProvisionState::is_failed) {
         return Verdict::Failed;
     }
     if let Some(want) = expect {
@@ -61,7 +38,7 @@ pub fn verdict(node: &Value, expect: Option<&str>) -> Verdict {
         }
         return Verdict::Pending;
     }
-    if BUSY.contains(&state) || locked {
+    if parsed.is_some_and(ProvisionState::is_busy) || locked {
         Verdict::Pending
     } else {
         Verdict::Reached

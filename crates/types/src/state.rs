@@ -150,6 +150,22 @@ impl ProvisionState {
         )
     }
 
+    /// States in which an operation ended badly.
+    pub fn is_failed(self) -> bool {
+        use ProvisionState::*;
+        matches!(
+            self,
+            DeployFailed
+                | CleanFailed
+                | InspectFailed
+                | AdoptFailed
+                | RescueFailed
+                | UnrescueFailed
+                | ServiceFailed
+                | Error
+        )
+    }
+
     /// States in which the node waits for its ramdisk agent to call back.
     pub fn is_waiting(self) -> bool {
         use ProvisionState::*;
