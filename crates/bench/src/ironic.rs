@@ -247,10 +247,7 @@ pub async fn perform(
                 on_conflict,
             )
             .await?;
-            Ok(Done {
-                uuid: uuid.clone(),
-                elapsed: reply.elapsed,
-            })
+            Ok(Done::of(uuid, &reply))
         }
         Call::Maintenance { uuid } => {
             let path = format!("/v1/nodes/{uuid}/maintenance");
@@ -264,10 +261,7 @@ pub async fn perform(
                 on_conflict,
             )
             .await?;
-            Ok(Done {
-                uuid: uuid.clone(),
-                elapsed: reply.elapsed,
-            })
+            Ok(Done::of(uuid, &reply))
         }
         Call::DeleteNode { uuid } => {
             let path = format!("/v1/nodes/{uuid}");
@@ -280,10 +274,17 @@ pub async fn perform(
                 on_conflict,
             )
             .await?;
-            Ok(Done {
-                uuid: uuid.clone(),
-                elapsed: reply.elapsed,
-            })
+            Ok(Done::of(uuid, &reply))
+        }
+    }
+}
+
+impl Done {
+    /// A call on an existing node answered `reply`.
+    fn of(uuid: &str, reply: &Reply) -> Done {
+        Done {
+            uuid: uuid.to_string(),
+            elapsed: reply.elapsed,
         }
     }
 }

@@ -15,7 +15,7 @@ mod steps;
 pub use config::ConductorConfig;
 pub use error::ConductorError;
 pub use provision::ProvisionRequest;
-pub use steps::{manual_steps, merge_steps, StepRef};
+pub use steps::{manual_steps, merge_steps};
 
 use ferric_drivers::{BootDevice, BootDeviceInfo, DriverRegistry, InterfaceValidation, NodeDriver};
 use ferric_store::{NodeIdent, Store};

@@ -1,15 +1,8 @@
 //! Choosing and ordering deploy, clean and service steps, as Ironic does.
 
 use ferric_drivers::StepDefinition;
-use ferric_types::{Step, StepInterface};
+use ferric_types::Step;
 use serde_json::Map;
-
-/// A step named by interface and name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct StepRef {
-    pub interface: StepInterface,
-    pub step: String,
-}
 
 /// Step names the conductor runs itself, on any interface, as Ironic does:
 /// power actions, `hold` (until an operator unholds) and `wait` (for the
@@ -112,6 +105,7 @@ pub fn manual_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferric_types::StepInterface;
     use serde_json::json;
 
     fn def(interface: StepInterface, step: &str, priority: i64) -> StepDefinition {
