@@ -2,6 +2,7 @@
 //! it works against Ferric and against OpenStack Ironic.
 
 mod client;
+mod image;
 mod output;
 mod wait;
 
@@ -54,6 +55,12 @@ pub enum Command {
     /// Running conductors.
     #[command(subcommand)]
     Conductor(ListOnly),
+    /// Disk images on this machine: inspect, convert to raw, map, write.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Config drives: build one from files or from Ironic's dict form.
+    #[command(subcommand)]
+    Configdrive(image::ConfigdriveCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -422,6 +429,11 @@ fn scalar_fields(f: &NodeFields) -> Vec<(&'static str, &String)> {
 }
 
 fn execute(cli: &Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Image(cmd) => return image::image_command(cli.format, cmd),
+        Command::Configdrive(cmd) => return image::configdrive_command(cmd),
+        _ => {}
+    }
     let client = IronicClient::new(&cli.url);
     let out = output::Output::new(cli.format);
     match &cli.command {
@@ -447,6 +459,7 @@ fn execute(cli: &Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Image(_) | Command::Configdrive(_) => unreachable!("handled above"),
     }
 }
 

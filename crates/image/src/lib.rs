@@ -11,6 +11,7 @@ pub mod decompress;
 pub mod error;
 pub mod format;
 pub mod partition;
+pub mod pipeline;
 pub mod qcow2;
 pub mod sink;
 pub mod tarball;

@@ -115,3 +115,21 @@ impl BlockSink for VecSink {
         Ok(())
     }
 }
+
+/// Discards the image; for computing a block map or checking a conversion.
+#[derive(Debug, Default)]
+pub struct NullSink;
+
+impl BlockSink for NullSink {
+    fn write_at(&mut self, _offset: u64, _data: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    fn hole(&mut self, _offset: u64, _len: u64) -> Result<()> {
+        Ok(())
+    }
+
+    fn finish(&mut self, _size: u64) -> Result<()> {
+        Ok(())
+    }
+}
