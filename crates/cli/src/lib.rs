@@ -28,8 +28,10 @@ pub struct Cli {
         global = true
     )]
     pub url: String,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+    /// Output format, given before the command: `ferric --format json node list`.
+    /// (Not global, so that `configdrive build --format iso|vfat` keeps its
+    /// own meaning.)
+    #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     #[command(subcommand)]
     pub command: Command,

@@ -367,3 +367,34 @@ pub fn hash_file(file: &mut File, algorithm: Algorithm) -> Result<Digested> {
 pub fn open_image(path: &Path) -> Result<File> {
     File::open(path).with_context(|| format!("opening {}", path.display()))
 }
+
+/// The smallest config drive partition, as IPA makes it.
+pub const CONFIG_DRIVE_PARTITION_MIN: u64 = 64 << 20;
+
+/// After a whole-disk image: moves the GPT backup to the real end of the
+/// disk, adds a partition at the end for the config drive (at least 64 MiB),
+/// and writes the config drive image into it, synced. Returns the partition.
+pub fn write_config_drive_partition(
+    disk: &mut File,
+    disk_size: u64,
+    drive: &[u8],
+) -> Result<crate::partition::Partition> {
+    crate::partition::relocate_gpt_backup(disk, disk_size)?;
+    let size = (drive.len() as u64)
+        .max(CONFIG_DRIVE_PARTITION_MIN)
+        .next_multiple_of(1 << 20);
+    let partition = crate::partition::add_partition_at_end(disk, disk_size, size, "config-2")?;
+    if (drive.len() as u64) > partition.size {
+        return Err(Error::TooLarge(format!(
+            "the config drive ({} bytes) does not fit its partition ({} bytes)",
+            drive.len(),
+            partition.size
+        )));
+    }
+    use std::os::unix::fs::FileExt;
+    disk.write_all_at(drive, partition.start)
+        .context("writing the config drive partition")?;
+    disk.sync_all()
+        .context("syncing the config drive partition")?;
+    Ok(partition)
+}
