@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 PG_DIR ?= .work/pg
 PG_PORT ?= 55432
 
-.PHONY: all build lint rust-test api-test test demo bench deps
+.PHONY: all build lint rust-test api-test test demo bench bench-image deps
 
 all: build
 
@@ -96,3 +96,7 @@ demo: deps
 
 bench:
 	scripts/bench-api.sh
+	scripts/bench-image.sh
+
+bench-image:
+	scripts/bench-image.sh

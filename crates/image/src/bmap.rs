@@ -171,10 +171,9 @@ impl<S: BlockSink> BmapSink<S> {
     }
 }
 
-impl<S: BlockSink> BlockSink for BmapSink<S> {
-    fn write_at(&mut self, offset: u64, mut data: &[u8]) -> Result<()> {
-        self.inner.write_at(offset, data)?;
-        let mut offset = offset;
+impl<S: BlockSink> BmapSink<S> {
+    /// Adds `data`, written at `offset`, to the open range or starts one.
+    fn record(&mut self, mut offset: u64, mut data: &[u8]) {
         while !data.is_empty() {
             let extends = matches!(&self.open, Some((start, len, _)) if start + len == offset && *len < MAX_RANGE_LEN);
             if !extends {
@@ -188,6 +187,13 @@ impl<S: BlockSink> BlockSink for BmapSink<S> {
             offset += take as u64;
             data = &data[take..];
         }
+    }
+}
+
+impl<S: BlockSink> BlockSink for BmapSink<S> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.inner.write_at(offset, data)?;
+        self.record(offset, data);
         Ok(())
     }
 
@@ -200,6 +206,11 @@ impl<S: BlockSink> BlockSink for BmapSink<S> {
         self.close_range();
         self.size = Some(size);
         self.inner.finish(size)
+    }
+
+    fn write_owned(&mut self, offset: u64, buffer: Vec<u8>, len: usize) -> Result<Vec<u8>> {
+        self.record(offset, &buffer[..len]);
+        self.inner.write_owned(offset, buffer, len)
     }
 }
 

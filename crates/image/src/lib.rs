@@ -10,6 +10,7 @@ pub mod configdrive;
 pub mod decompress;
 pub mod error;
 pub mod format;
+pub mod iso;
 pub mod partition;
 pub mod pipeline;
 pub mod qcow2;

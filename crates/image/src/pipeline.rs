@@ -20,7 +20,7 @@ use crate::decompress::{self, Compression, Limited};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, Format, Inspection, Policy};
 use crate::qcow2::Qcow2;
-use crate::sink::BlockSink;
+use crate::sink::{write_behind, BlockSink};
 use crate::writer::{DiskWriter, WriteSummary};
 
 /// Size of the chunks passed from the reading thread to the writing one.
@@ -299,7 +299,7 @@ pub struct Converted {
 /// Converts a local image to raw into `sink` and maps it: inspect, check the
 /// policy, then qcow2 to raw or a scan of a raw image. Nothing reaches the
 /// sink if the image is refused. `max_size` bounds the virtual size.
-pub fn convert_file<S: BlockSink>(
+pub fn convert_file<S: BlockSink + Send>(
     source: &mut File,
     sink: S,
     policy: &Policy,
@@ -319,14 +319,18 @@ pub fn convert_file<S: BlockSink>(
         .seek(SeekFrom::Start(0))
         .context("rewinding the image")?;
     let mut mapped = BmapSink::new(sink, bmap::DEFAULT_BLOCK_SIZE);
+    // Reading and converting on this thread; hashing the block map and
+    // writing on another.
     let virtual_size = match inspection.format {
         Format::Qcow2 => {
             let mut image = Qcow2::open(&mut *source)?;
-            image.convert(&mut mapped, max_size)?.virtual_size
+            write_behind(&mut mapped, |sink| image.convert(sink, max_size))?.virtual_size
         }
         format if is_raw_like(format) => {
             let limited = Limited::new(&mut *source, max_size, "the size limit");
-            bmap::scan(limited, &mut mapped, bmap::DEFAULT_BLOCK_SIZE)?
+            write_behind(&mut mapped, |sink| {
+                bmap::scan(limited, sink, bmap::DEFAULT_BLOCK_SIZE)
+            })?
         }
         other => {
             return Err(Error::Unsupported(format!(
@@ -345,6 +349,22 @@ pub fn convert_file<S: BlockSink>(
         },
         sink,
     ))
+}
+
+/// Writes a raw image through its block map: only the mapped ranges are
+/// read and written, each verified against its sha256 as it goes (hashing on
+/// this thread, writing on another); the disk's start is written only when
+/// every range verified, and wiped on any failure.
+pub fn write_mapped<R: Read + Seek + Send>(
+    source: &mut R,
+    map: &BlockMap,
+    writer: DiskWriter,
+) -> Result<WriteSummary> {
+    let mut writer = writer;
+    if let Err(error) = write_behind(&mut writer, |sink| bmap::copy_mapped(source, map, sink)) {
+        return Err(wipe_after(writer, error));
+    }
+    writer.commit()
 }
 
 /// Hashes a whole file with one sequential read.

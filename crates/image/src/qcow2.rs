@@ -909,7 +909,14 @@ impl Output {
     ) -> Result<()> {
         self.read_pending(source)?;
         if self.used > 0 {
-            sink.write_at(self.start, &self.buf[..self.used])?;
+            // Handing the buffer over lets a write-behind sink skip a copy.
+            let capacity = self.buf.len();
+            let buffer = std::mem::take(&mut self.buf);
+            let mut next = sink.write_owned(self.start, buffer, self.used)?;
+            if next.len() < capacity {
+                next.resize(capacity, 0);
+            }
+            self.buf = next;
             self.report.data_bytes += self.used as u64;
             self.used = 0;
         }
