@@ -418,3 +418,15 @@ pub fn write_config_drive_partition(
         .context("syncing the config drive partition")?;
     Ok(partition)
 }
+
+/// Extracts a root filesystem tarball, compressed or not (gzip, bzip2, xz,
+/// zstd, detected by magic), into `target`; see [`crate::tarball::extract`].
+pub fn extract_tarball<R: Read + Send>(
+    source: R,
+    target: &Path,
+    options: &crate::tarball::ExtractOptions,
+) -> Result<(Compression, crate::tarball::ExtractReport)> {
+    let (compression, tar) = decompress::open(source)?;
+    let report = crate::tarball::extract(tar, target, options)?;
+    Ok((compression, report))
+}

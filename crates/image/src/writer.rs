@@ -20,6 +20,8 @@ use crate::sink::BlockSink;
 
 /// Bytes at the start of the image held back until the image is verified.
 pub const DEFAULT_HOLD_BACK: u64 = 1 << 20;
+/// Writes at least this large skip the staging buffer when O_DIRECT is off.
+const DIRECT_THROUGH: usize = 1 << 20;
 /// Alignment of direct writes; a multiple of every logical block size.
 const ALIGN: usize = 4096;
 /// Bytes wiped at the end of the disk (and of the image) on failure: more
@@ -478,6 +480,17 @@ impl BlockSink for DiskWriter {
         }
         if !data.is_empty() {
             self.apply_pending_hole()?;
+        }
+        // Without O_DIRECT, large writes go straight out: staging would only
+        // add a copy.
+        if self.direct.is_none() && data.len() >= DIRECT_THROUGH {
+            self.flush_stage()?;
+            self.file
+                .write_all_at(data, offset)
+                .with_context(|| format!("writing {} bytes at offset {offset}", data.len()))?;
+            self.position = self.position.max(end);
+            self.report(false);
+            return Ok(());
         }
         while !data.is_empty() {
             if self.stage_len > 0 && self.stage_start + self.stage_len as u64 != offset {

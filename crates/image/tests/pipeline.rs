@@ -285,3 +285,37 @@ fn convert_file_maps_and_matches_qemu_img() {
     ferric_image::bmap::copy_mapped(&mut File::open(&out).unwrap(), map, &mut sink).unwrap();
     assert_eq!(fs::read(&again).unwrap(), fs::read(&raw).unwrap());
 }
+
+#[test]
+fn compressed_tarballs_are_detected_and_extracted() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/hostname"), "node-1\n").unwrap();
+    for (flag, name) in [
+        ("-z", "gzip"),
+        ("-j", "bzip2"),
+        ("-J", "xz"),
+        ("--zstd", "zstd"),
+        ("", "none"),
+    ] {
+        let archive = dir.path().join(format!("root-{name}.tar"));
+        let mut cmd = Command::new("tar");
+        cmd.arg("-C").arg(&tree).arg("-c");
+        if !flag.is_empty() {
+            cmd.arg(flag);
+        }
+        run(cmd.arg("-f").arg(&archive).arg("."));
+        let target = dir.path().join(format!("out-{name}"));
+        fs::create_dir(&target).unwrap();
+        let (compression, report) =
+            pipeline::extract_tarball(File::open(&archive).unwrap(), &target, &Default::default())
+                .unwrap();
+        assert_eq!(compression.name(), name);
+        assert_eq!(report.files, 1);
+        assert_eq!(
+            fs::read_to_string(target.join("etc/hostname")).unwrap(),
+            "node-1\n"
+        );
+    }
+}
