@@ -554,16 +554,12 @@ fn resolve(
 
 // ---------------------------------------------------------------- qcow2
 
-const QCOW2_INCOMPAT_DIRTY: u64 = 1 << 0;
-const QCOW2_INCOMPAT_CORRUPT: u64 = 1 << 1;
-const QCOW2_INCOMPAT_DATA_FILE: u64 = 1 << 2;
-const QCOW2_INCOMPAT_COMPRESSION: u64 = 1 << 3;
-const QCOW2_INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
-const QCOW2_INCOMPAT_KNOWN: u64 = QCOW2_INCOMPAT_DIRTY
-    | QCOW2_INCOMPAT_CORRUPT
-    | QCOW2_INCOMPAT_DATA_FILE
-    | QCOW2_INCOMPAT_COMPRESSION
-    | QCOW2_INCOMPAT_EXTENDED_L2;
+use crate::qcow2::{
+    INCOMPAT_COMPRESSION_TYPE as QCOW2_INCOMPAT_COMPRESSION,
+    INCOMPAT_CORRUPT as QCOW2_INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE as QCOW2_INCOMPAT_DATA_FILE,
+    INCOMPAT_DIRTY as QCOW2_INCOMPAT_DIRTY, INCOMPAT_EXTENDED_L2 as QCOW2_INCOMPAT_EXTENDED_L2,
+    INCOMPAT_KNOWN as QCOW2_INCOMPAT_KNOWN,
+};
 const QCOW2_EXT_DATA_FILE: u32 = 0x4441_5441;
 const QCOW2_EXT_CRYPTO_HEADER: u32 = 0x0537_be77;
 /// qemu's limit on the active L1 table (QCOW_MAX_L1_SIZE).
@@ -1379,18 +1375,9 @@ fn check_gpt(view: &mut View<'_>, details: &mut Vec<String>) -> Result<Option<u6
 
 /// CRC-32 (IEEE), as GPT uses.
 fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    let mut crc = flate2::Crc::new();
+    crc.update(bytes);
+    crc.sum()
 }
 
 /// LUKS1 (the version qemu and oslo.utils read): the virtual size is what

@@ -43,12 +43,12 @@ const MAX_BATCH_INPUT: u64 = 8 << 20;
 /// Threads decompressing compressed clusters (the calling one included).
 const MAX_WORKERS: usize = 4;
 
-const INCOMPAT_DIRTY: u64 = 1 << 0;
-const INCOMPAT_CORRUPT: u64 = 1 << 1;
-const INCOMPAT_DATA_FILE: u64 = 1 << 2;
-const INCOMPAT_COMPRESSION_TYPE: u64 = 1 << 3;
-const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
-const INCOMPAT_KNOWN: u64 = INCOMPAT_DIRTY
+pub(crate) const INCOMPAT_DIRTY: u64 = 1 << 0;
+pub(crate) const INCOMPAT_CORRUPT: u64 = 1 << 1;
+pub(crate) const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+pub(crate) const INCOMPAT_COMPRESSION_TYPE: u64 = 1 << 3;
+pub(crate) const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
+pub(crate) const INCOMPAT_KNOWN: u64 = INCOMPAT_DIRTY
     | INCOMPAT_CORRUPT
     | INCOMPAT_DATA_FILE
     | INCOMPAT_COMPRESSION_TYPE

@@ -313,16 +313,7 @@ impl DiskWriter {
     }
 
     fn write_zeros(&mut self, start: u64, len: u64) -> Result<()> {
-        const ZEROS: [u8; 4096] = [0; 4096];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(ZEROS.len() as u64) as usize;
-            self.file
-                .write_all_at(&ZEROS[..n], start + done)
-                .with_context(|| format!("writing zeros at offset {}", start + done))?;
-            done += n as u64;
-        }
-        Ok(())
+        write_zeros_at(&self.file, start, len)
     }
 
     fn check_fits(&self, end: u64) -> Result<()> {
@@ -565,6 +556,18 @@ impl BlockSink for DiskWriter {
     }
 }
 
+fn write_zeros_at(file: &File, start: u64, len: u64) -> Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], start + done)
+            .with_context(|| format!("writing zeros at offset {}", start + done))?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 fn punch_hole(file: &File, start: u64, len: u64) -> Result<()> {
     let (Ok(offset), Ok(length)) = (libc::off_t::try_from(start), libc::off_t::try_from(len))
     else {
@@ -585,15 +588,7 @@ fn punch_hole(file: &File, start: u64, len: u64) -> Result<()> {
         let error = io::Error::last_os_error();
         if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
             // A filesystem without hole punching: write the zeros.
-            let zeros = vec![0u8; 1 << 20];
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(zeros.len() as u64) as usize;
-                file.write_all_at(&zeros[..n], start + done)
-                    .with_context(|| format!("writing zeros at offset {}", start + done))?;
-                done += n as u64;
-            }
-            return Ok(());
+            return write_zeros_at(file, start, len);
         }
         return Err(Error::io(
             format!("punching a hole at offset {start}"),

@@ -202,18 +202,9 @@ fn seeds() -> &'static [Seed] {
 /// CRC-32 (IEEE), to re-seal a mutated GPT header so the mutation reaches
 /// the checks behind the checksum.
 fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    let mut crc = flate2::Crc::new();
+    crc.update(bytes);
+    crc.sum()
 }
 
 fn reseal_gpt(image: &mut [u8]) {
