@@ -107,6 +107,7 @@ impl From<ConductorError> for ApiError {
                 ApiError::bad_request(m)
             }
             ConductorError::Conflict(m) => ApiError::conflict(m),
+            ConductorError::NotFound(m) => ApiError::not_found(m),
             ConductorError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, m),
             ConductorError::Driver(d) => d.into(),
             ConductorError::Config(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),

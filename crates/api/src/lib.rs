@@ -11,13 +11,14 @@ mod fields;
 mod nodes;
 mod params;
 mod ports;
+mod ramdisk;
 pub mod render;
 mod root;
 pub mod version;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 use error::ApiError;
 use ferric_conductor::Conductor;
@@ -137,6 +138,8 @@ pub fn router(state: AppState) -> Router {
         ("/v1/drivers/{driver}/properties", get(drivers::properties)),
         ("/v1/conductors", get(drivers::list_conductors)),
         ("/v1/conductors/{hostname}", get(drivers::show_conductor)),
+        ("/v1/lookup", get(ramdisk::lookup)),
+        ("/v1/heartbeat/{node}", post(ramdisk::heartbeat)),
         ("/v1", get(root::v1)),
     ];
     let mut router = Router::new();

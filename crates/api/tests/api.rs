@@ -714,3 +714,153 @@ async fn reserved_steps_hold_unhold_and_service() {
         .await;
     assert_eq!(bad.status, 400);
 }
+
+#[tokio::test]
+async fn ramdisk_lookup_and_heartbeat() {
+    let api = api().await;
+    let node = api
+        .create_node(json!({"driver": "fake-hardware", "name": "agent-1",
+                            "driver_info": {"fake_wait": ["deploy"]}}))
+        .await;
+    let uuid = node["uuid"].as_str().unwrap().to_string();
+    api.send(
+        "POST",
+        "/v1/ports",
+        json!({"node_uuid": uuid, "address": "52:54:00:aa:bb:10"}),
+    )
+    .await;
+    let lookup = "/v1/lookup?addresses=52:54:00:AA:BB:10,not-a-mac";
+
+    // Below 1.22 the endpoints do not exist; in enroll no agent is expected.
+    let old = api.call("GET", lookup, Some("1.21"), None).await;
+    assert_eq!(old.status, 404);
+    let r = api.get(lookup).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = api.get("/v1/lookup?addresses=zz").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.fault().contains("at least one valid MAC"),
+        "{}",
+        r.fault()
+    );
+
+    for verb in ["manage", "provide", "active"] {
+        assert_eq!(api.provision("agent-1", verb).await.status, 202);
+        api.settle("agent-1").await;
+    }
+    let n = api.get("/v1/nodes/agent-1").await.body;
+    assert_eq!(n["provision_state"], "wait call-back");
+
+    // The first lookup gets the token, later ones "******".
+    let first = api.get(lookup).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["node"]["uuid"], uuid.as_str());
+    assert!(first.body["node"].get("driver").is_none(), "{}", first.body);
+    let token = first.body["config"]["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(token.len() >= 32 && token != "******", "{token}");
+    assert_eq!(first.body["config"]["agent_token_required"], true);
+    assert_eq!(
+        first.body["node"]["driver_internal_info"]["agent_secret_token"],
+        "******"
+    );
+    let again = api.get(&format!("/v1/lookup?node_uuid={uuid}")).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["config"]["agent_token"], "******");
+    // The token never shows in the node.
+    let shown = api.get("/v1/nodes/agent-1").await.body.to_string();
+    assert!(!shown.contains(&token));
+
+    let hb = format!("/v1/heartbeat/{uuid}");
+    let beat = |body: Value| {
+        let api = &api;
+        let hb = hb.clone();
+        async move { api.send("POST", &hb, body).await }
+    };
+    // Bad heartbeats: 400 with Ironic's messages, nothing recorded.
+    for (body, why) in [
+        (
+            json!({"callback_url": "https://10.0.0.5:9999", "agent_version": "1"}),
+            "Agent token is required",
+        ),
+        (
+            json!({"callback_url": "https://10.0.0.5:9999", "agent_token": "wrong", "agent_version": "1"}),
+            "Invalid or missing agent token",
+        ),
+        (
+            json!({"callback_url": "ftp://10.0.0.5", "agent_token": token, "agent_version": "1"}),
+            "callback_url",
+        ),
+        (
+            json!({"callback_url": "https://10.0.0.5:9999", "agent_token": token}),
+            "agent_version or agent_status",
+        ),
+        (
+            json!({"callback_url": "https://10.0.0.5:9999", "agent_token": token, "agent_status": "done"}),
+            "Agent status is invalid",
+        ),
+        (
+            json!({"agent_token": token, "agent_version": "1"}),
+            "callback_url",
+        ),
+        (
+            json!({"callback_url": "https://10.0.0.5:9999", "agent_token": token, "agent_version": "1", "bogus": 1}),
+            "Unknown field",
+        ),
+    ] {
+        let r = beat(body).await;
+        assert_eq!(r.status, 400, "{why}: {}", r.body);
+        assert!(r.fault().contains(why), "{why}: {}", r.fault());
+    }
+    let n = api.get("/v1/nodes/agent-1").await.body;
+    assert!(n["driver_internal_info"].get("agent_url").is_none(), "{n}");
+
+    let good = json!({"callback_url": "https://10.0.0.5:9999", "agent_token": token,
+                      "agent_version": "ferric-0.1", "agent_verify_ca": "CA-1"});
+    let r = beat(good.clone()).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let n = api.get("/v1/nodes/agent-1").await.body;
+    let dii = &n["driver_internal_info"];
+    assert_eq!(dii["agent_url"], "https://10.0.0.5:9999");
+    assert_eq!(dii["agent_version"], "ferric-0.1");
+    assert!(dii["agent_last_heartbeat"].is_string());
+    assert_eq!(beat(good.clone()).await.status, 202);
+    // The callback URL and the CA are pinned by the first heartbeat.
+    let mut moved = good.clone();
+    moved["callback_url"] = json!("https://10.0.0.6:9999");
+    let r = beat(moved).await;
+    assert_eq!(r.status, 400);
+    assert!(r.fault().contains("Detected change"), "{}", r.fault());
+    let mut other_ca = good.clone();
+    other_ca["agent_verify_ca"] = json!("CA-2");
+    let r = beat(other_ca).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.fault().contains("certificate authority changed"),
+        "{}",
+        r.fault()
+    );
+    // Fields newer than the requested version are refused.
+    let r = api
+        .call(
+            "POST",
+            &hb,
+            Some("1.60"),
+            Some(good.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.fault().contains("agent_verify_ca"), "{}", r.fault());
+
+    // When the operation ends, the agent's token and URL are forgotten.
+    assert_eq!(api.provision("agent-1", "deleted").await.status, 202);
+    let n = api.settle("agent-1").await;
+    assert_eq!(n["provision_state"], "available", "{n}");
+    let dii = &n["driver_internal_info"];
+    assert!(dii.get("agent_secret_token").is_none(), "{n}");
+    assert!(dii.get("agent_url").is_none(), "{n}");
+    let r = beat(good).await;
+    assert_eq!(r.status, 400, "an old token still works: {}", r.body);
+}

@@ -16,6 +16,10 @@ pub enum ConductorError {
     /// A request that conflicts with the node's state (409).
     #[error("{0}")]
     Conflict(String),
+    /// Nothing matches, and the caller is not told why (404), as for a
+    /// ramdisk lookup in a state that does not allow it.
+    #[error("{0}")]
+    NotFound(String),
     /// Refused on purpose, e.g. a protected node (403).
     #[error("{0}")]
     Forbidden(String),

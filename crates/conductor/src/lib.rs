@@ -6,12 +6,14 @@
 //! until the work ends. Periodic tasks sync power states, fail nodes whose
 //! agent never called back, and take over the locks of dead conductors.
 
+mod agent;
 mod config;
 mod error;
 mod periodic;
 mod provision;
 mod steps;
 
+pub use agent::{Heartbeat, LookupAnswer, AGENT_TOKEN_KEY};
 pub use config::ConductorConfig;
 pub use error::ConductorError;
 pub use provision::ProvisionRequest;

@@ -70,6 +70,8 @@ fn step_field(node: &mut Node, kind: StepKind) -> &mut Map<String, Value> {
 }
 
 fn clear_step_state(node: &mut Node) {
+    // An operation's agent token and callback are good for that operation only.
+    crate::agent::forget_agent(node);
     for kind in [StepKind::Deploy, StepKind::Clean, StepKind::Service] {
         step_field(node, kind).clear();
         node.driver_internal_info
@@ -295,6 +297,10 @@ impl Conductor {
                 self.on_failure(&mut node, &driver, message).await;
             }
             node.set_provision_state(transition.state, transition.target);
+            if node.provision_state.is_stable() {
+                // The operation is over: its agent token and callback too.
+                crate::agent::forget_agent(&mut node);
+            }
             tracing::info!(node = %node.uuid, state = %node.provision_state, "provision state changed");
             work = match (event, transition.action) {
                 (Event::Resume, _) => Work::Continue(step_kind_of(node.provision_state)),
