@@ -1,0 +1,10 @@
+//! ferric-agent: the program in the deploy ramdisk. It looks its node up by
+//! MAC address, heartbeats to the conductor, serves IPA's command API, and
+//! runs deploy and clean steps through hardware managers (disk writing with
+//! the ferric-image crate).
+
+pub mod client;
+pub mod commands;
+pub mod hints;
+pub mod inventory;
+pub mod server;
