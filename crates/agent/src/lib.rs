@@ -5,6 +5,9 @@
 
 pub mod client;
 pub mod commands;
+pub mod config;
 pub mod hints;
 pub mod inventory;
+pub mod run;
 pub mod server;
+pub mod standard;

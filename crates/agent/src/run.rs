@@ -1,0 +1,219 @@
+//! The agent's life: serve the command API, look the node up, heartbeat
+//! until stopped.
+
+use crate::client::{heartbeat_interval, ConductorClient, Heartbeat};
+use crate::config::AgentConfig;
+use crate::inventory::{self, Filter};
+use crate::server::{self, CommandApi};
+use crate::standard::{Disks, StandardHandler};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The agent's version, as reported in heartbeats and `GET /v1/status`.
+pub const VERSION: &str = concat!("ferric-agent ", env!("CARGO_PKG_VERSION"));
+
+/// Settings that only the command line gives.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// MACs to look up with instead of the machine's NICs.
+    pub macs: Vec<String>,
+    /// Disks the agent may touch; empty: all it finds.
+    pub devices: Vec<String>,
+    pub include_loop_devices: bool,
+}
+
+/// Runs the agent until SIGINT or SIGTERM; the exit code says how it ended.
+pub fn main(config: AgentConfig, options: RunOptions) -> ExitCode {
+    let level = if config.debug { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRIC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_ansi(false)
+        .init();
+    if let Err(e) = config.check() {
+        tracing::error!("{e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: AgentConfig, options: RunOptions) -> anyhow::Result<()> {
+    let filter = Filter {
+        include_loop: options.include_loop_devices,
+    };
+    let sys_root = PathBuf::from("/");
+    let disks = if options.devices.is_empty() {
+        Disks::Discovered {
+            sys_root: sys_root.clone(),
+            filter,
+        }
+    } else {
+        Disks::Only {
+            sys_root: sys_root.clone(),
+            filter,
+            names: options.devices.clone(),
+        }
+    };
+    let handler = Arc::new(StandardHandler::new(disks));
+    let api = if config.standalone {
+        CommandApi::new(handler, None, VERSION)
+    } else {
+        CommandApi::awaiting_token(handler, VERSION)
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(listen = %local, standalone = config.standalone, "{VERSION} serving the command API");
+    let app = server::router(api.clone());
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    if !config.standalone {
+        let api_url = config.api_url.clone().unwrap_or_default();
+        let conductor = ConductorClient::new(&api_url)?;
+        let lifecycle = tokio::spawn(lookup_and_heartbeat(
+            conductor, api, config, options, local, sys_root,
+        ));
+        tokio::select! {
+            done = lifecycle => done??,
+            served = serving => served??,
+            () = shutdown() => {}
+        }
+    } else {
+        tokio::select! {
+            served = serving => served??,
+            () = shutdown() => {}
+        }
+    }
+    tracing::info!("stopping");
+    Ok(())
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The MACs of the machine's NICs, as IPA sends them in lookups.
+fn machine_macs(sys_root: &std::path::Path) -> Vec<String> {
+    let inventory = inventory::inventory(sys_root);
+    inventory["interfaces"]
+        .as_array()
+        .map(|nics| {
+            nics.iter()
+                .filter_map(|n| n["mac_address"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The address this machine uses to reach `api_url` (no packet is sent).
+fn local_address_towards(api_url: &str) -> Option<std::net::IpAddr> {
+    let rest = api_url.split("://").nth(1)?;
+    let authority = rest.split('/').next()?;
+    let with_port = if authority.contains(':') && !authority.ends_with(']') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let target: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+        .ok()?
+        .next()?;
+    let socket = UdpSocket::bind(if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .ok()?;
+    socket.connect(target).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+async fn lookup_and_heartbeat(
+    conductor: ConductorClient,
+    api: CommandApi,
+    config: AgentConfig,
+    options: RunOptions,
+    local: SocketAddr,
+    sys_root: PathBuf,
+) -> anyhow::Result<()> {
+    let macs = if options.macs.is_empty() {
+        let root = sys_root.clone();
+        tokio::task::spawn_blocking(move || machine_macs(&root)).await?
+    } else {
+        options.macs.clone()
+    };
+    tracing::info!(macs = ?macs, "looking up this machine");
+    let found = conductor
+        .lookup_until_found(&macs, None, config.lookup_timeout, config.lookup_interval)
+        .await?;
+    let token = found
+        .token
+        .clone()
+        .or(config.agent_token.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+            "the conductor had already given out this node's token and no ipa-agent-token was given"
+        )
+        })?;
+    api.set_token(Some(token.clone()));
+    let host = match &config.advertise_host {
+        Some(h) => h.clone(),
+        None => local_address_towards(config.api_url.as_deref().unwrap_or(""))
+            .map(|ip| match ip {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                v4 => v4.to_string(),
+            })
+            .unwrap_or_else(|| local.ip().to_string()),
+    };
+    let beat = Heartbeat {
+        callback_url: format!("http://{host}:{}", local.port()),
+        agent_token: token,
+        agent_version: VERSION.to_string(),
+        agent_verify_ca: None,
+    };
+    tracing::info!(node = %found.node_uuid, callback = %beat.callback_url, "found my node; heartbeating");
+    let mut finished = api.subscribe_finished();
+    loop {
+        match conductor.heartbeat(&found.node_uuid, &beat).await {
+            Ok(()) => tracing::debug!("heartbeat accepted"),
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+        let pause = heartbeat_interval(found.heartbeat_timeout);
+        // A finished command is reported at once, as IPA does.
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            changed = finished.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
