@@ -264,8 +264,13 @@ impl Conductor {
             AGENT_LAST_HEARTBEAT_KEY.into(),
             Value::String(Timestamp::now().to_string()),
         );
-        self.save_and_release(&node).await?;
+        let node = self.save_and_release(&node).await?;
         tracing::debug!(node = %node.uuid, "agent heartbeat recorded");
+        if node.provision_state.is_waiting() {
+            // The heartbeat answers at once; the steps go on in the background.
+            let conductor = self.clone();
+            tokio::spawn(async move { conductor.continue_after_heartbeat(node.uuid).await });
+        }
         Ok(())
     }
 }

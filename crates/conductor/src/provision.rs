@@ -2,7 +2,7 @@
 
 use crate::steps::{is_reserved, manual_steps, merge_steps};
 use crate::{Conductor, ConductorError};
-use ferric_drivers::{DriverError, NodeDriver, StepKind, StepOutcome};
+use ferric_drivers::{AgentStepState, DriverError, NodeDriver, StepContext, StepKind, StepOutcome};
 use ferric_state_machine::{next, Action, Event, Verb};
 use ferric_store::NodeIdent;
 use ferric_types::{Node, PowerState, ProvisionState, Step, StepInterface};
@@ -47,11 +47,12 @@ enum Outcome {
 }
 
 /// What the background task does next.
-#[derive(Clone, Copy)]
 enum Work {
     Action(Action),
     /// Continue the stored steps of this kind (after a resume).
     Continue(StepKind),
+    /// Something outside the task decided the outcome (an agent's heartbeat).
+    Decided(Outcome),
 }
 
 const STEP_LIST_KEY: &str = "steps";
@@ -120,7 +121,7 @@ impl Conductor {
             }
         };
         let conductor = self.clone();
-        tokio::spawn(async move { conductor.run(node, driver, action).await });
+        tokio::spawn(async move { conductor.run(node, driver, Work::Action(action)).await });
         Ok(())
     }
 
@@ -271,12 +272,13 @@ impl Conductor {
 
     /// Runs `action` and every action that follows from its outcome, then
     /// saves the node and releases its lock.
-    async fn run(&self, mut node: Node, driver: NodeDriver, action: Action) {
-        let mut work = Work::Action(action);
+    async fn run(&self, mut node: Node, driver: NodeDriver, first: Work) {
+        let mut work = first;
         loop {
             let outcome = match work {
                 Work::Action(action) => self.perform(&mut node, &driver, action).await,
                 Work::Continue(kind) => self.steps_phase(&mut node, &driver, kind).await,
+                Work::Decided(outcome) => outcome,
             };
             let event = match &outcome {
                 Outcome::Done => Event::Done,
@@ -447,7 +449,9 @@ impl Conductor {
     async fn steps_phase(&self, node: &mut Node, driver: &NodeDriver, kind: StepKind) -> Outcome {
         let result = async {
             let outcome = self.run_steps(node, driver, kind).await?;
-            if let (Outcome::Done, StepKind::Deploy) = (&outcome, kind) {
+            if let (Outcome::Done, StepKind::Deploy, false) =
+                (&outcome, kind, driver.deploy.boots_instance())
+            {
                 driver.boot.clean_up_ramdisk(node).await?;
                 driver.boot.prepare_instance(node).await?;
                 driver.power.reboot(node, false, None).await?;
@@ -499,7 +503,14 @@ impl Conductor {
                 self.reserved_step(node, driver, step).await
             } else {
                 match step.interface {
-                    StepInterface::Deploy => driver.deploy.execute_step(node, kind, step).await,
+                    StepInterface::Deploy => {
+                        let context = StepContext {
+                            power: driver.power.as_ref(),
+                            management: driver.management.as_ref(),
+                            boot: driver.boot.as_ref(),
+                        };
+                        driver.deploy.execute_step(node, kind, step, context).await
+                    }
                     other => Err(DriverError::Unsupported(format!(
                         "no implementation runs steps of interface {other:?}"
                     ))),
@@ -606,6 +617,53 @@ fn advance_step_index(node: &mut Node, kind: StepKind) {
         .unwrap_or(0);
     node.driver_internal_info
         .insert(key, Value::from(index + 1));
+}
+
+impl Conductor {
+    /// After an agent's heartbeat on a node waiting for it: asks the deploy
+    /// interface how the agent's step went, then goes on with the steps,
+    /// fails the node, or (still running) records the progress. A node
+    /// that is locked is left alone: the next heartbeat tries again.
+    pub(crate) async fn continue_after_heartbeat(&self, uuid: uuid::Uuid) {
+        let Ok(mut node) = self
+            .store()
+            .reserve_node(&NodeIdent::Uuid(uuid), self.hostname())
+            .await
+        else {
+            return;
+        };
+        let kind = match node.provision_state {
+            ProvisionState::WaitCallBack => StepKind::Deploy,
+            _ => {
+                self.release(uuid).await;
+                return;
+            }
+        };
+        let driver = match self.driver_for(&node) {
+            Ok(d) if d.deploy.uses_agent() => d,
+            _ => {
+                self.release(uuid).await;
+                return;
+            }
+        };
+        let decided = match driver.deploy.check_agent_step(&mut node, kind).await {
+            Ok(AgentStepState::Running) => {
+                if let Err(e) = self.save_and_release(&node).await {
+                    tracing::error!(node = %uuid, error = %e, "could not record the agent's progress");
+                }
+                return;
+            }
+            Ok(AgentStepState::Finished) => {
+                advance_step_index(&mut node, kind);
+                Outcome::Resume
+            }
+            Ok(AgentStepState::Failed(message)) => Outcome::Failed(message),
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        tracing::info!(node = %uuid, "the agent called back; going on");
+        let conductor = self.clone();
+        tokio::spawn(async move { conductor.run(node, driver, Work::Decided(decided)).await });
+    }
 }
 
 /// Ironic treats `{}` (and an empty string) as "no config drive".

@@ -235,6 +235,7 @@ impl DeployInterface for FakeDeploy {
         node: &mut Node,
         kind: StepKind,
         step: &Step,
+        _context: StepContext<'_>,
     ) -> Result<StepOutcome, DriverError> {
         let phase = kind.as_str();
         should_fail(node, phase)?;

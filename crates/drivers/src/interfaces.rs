@@ -162,6 +162,15 @@ pub trait BootInterface: Send + Sync {
     async fn clean_up_instance(&self, node: &mut Node) -> Result<(), DriverError>;
 }
 
+/// The node's other interfaces, for deploy steps that power the node or set
+/// its boot device.
+#[derive(Clone, Copy)]
+pub struct StepContext<'a> {
+    pub power: &'a dyn PowerInterface,
+    pub management: &'a dyn ManagementInterface,
+    pub boot: &'a dyn BootInterface,
+}
+
 #[async_trait]
 pub trait DeployInterface: Send + Sync {
     fn validate(&self, node: &Node) -> Result<(), DriverError>;
@@ -174,9 +183,41 @@ pub trait DeployInterface: Send + Sync {
         node: &mut Node,
         kind: StepKind,
         step: &Step,
+        context: StepContext<'_>,
     ) -> Result<StepOutcome, DriverError>;
+    /// Whether the deploy steps end with the instance booted (the direct
+    /// interface's boot_instance); otherwise the conductor boots it.
+    fn boots_instance(&self) -> bool {
+        false
+    }
+    /// Whether steps run in a ramdisk agent that heartbeats: a heartbeat
+    /// then checks the agent's command and moves the steps on.
+    fn uses_agent(&self) -> bool {
+        false
+    }
+    /// On a heartbeat while the node waits: what became of the step the
+    /// agent runs. Only for interfaces that use an agent.
+    async fn check_agent_step(
+        &self,
+        _node: &mut Node,
+        _kind: StepKind,
+    ) -> Result<AgentStepState, DriverError> {
+        Ok(AgentStepState::Finished)
+    }
     /// Removes what a deployment left (boot configuration, instance info).
     async fn tear_down(&self, node: &mut Node) -> Result<(), DriverError>;
+}
+
+/// Where an in-band step stands, as the agent reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentStepState {
+    /// The node waited for the agent to come up; nothing runs in it: the
+    /// steps go on.
+    Finished,
+    /// The agent still runs the step (progress may have been recorded).
+    Running,
+    /// The agent's step failed with this message.
+    Failed(String),
 }
 
 #[async_trait]

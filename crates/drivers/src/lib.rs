@@ -6,6 +6,8 @@
 //! [`NodeDriver`]: one object per interface, chosen by the node's
 //! `<iface>_interface` fields.
 
+pub mod agent_client;
+pub mod direct;
 mod error;
 pub mod fake;
 mod interfaces;
@@ -13,7 +15,7 @@ mod registry;
 
 pub use error::DriverError;
 pub use interfaces::{
-    BootDevice, BootDeviceInfo, BootInterface, DeployInterface, InspectInterface,
-    ManagementInterface, PowerInterface, StepDefinition, StepKind, StepOutcome,
+    AgentStepState, BootDevice, BootDeviceInfo, BootInterface, DeployInterface, InspectInterface,
+    ManagementInterface, PowerInterface, StepContext, StepDefinition, StepKind, StepOutcome,
 };
 pub use registry::{DriverRegistry, HardwareType, InterfaceValidation, NodeDriver};

@@ -1,6 +1,8 @@
 //! Hardware types, the interfaces they support, and the choice of
 //! implementation for one node.
 
+use crate::agent_client::AgentClient;
+use crate::direct::DirectDeploy;
 use crate::fake::{FakeBoot, FakeDeploy, FakeInspect, FakeManagement, FakePower};
 use crate::interfaces::*;
 use crate::DriverError;
@@ -36,7 +38,7 @@ impl HardwareType {
             ("bios", vec!["no-bios", "fake"]),
             ("boot", vec!["fake"]),
             ("console", vec!["no-console", "fake"]),
-            ("deploy", vec!["fake"]),
+            ("deploy", vec!["fake", "direct"]),
             ("firmware", vec!["no-firmware", "fake"]),
             ("inspect", vec!["fake", "no-inspect"]),
             ("management", vec!["fake"]),
@@ -125,6 +127,7 @@ pub struct DriverRegistry {
     hardware_types: Vec<HardwareType>,
     fake_power: Arc<FakePower>,
     fake_management: Arc<FakeManagement>,
+    agent: AgentClient,
 }
 
 impl DriverRegistry {
@@ -150,6 +153,7 @@ impl DriverRegistry {
             hardware_types,
             fake_power: Arc::default(),
             fake_management: Arc::default(),
+            agent: AgentClient::default(),
         })
     }
 
@@ -208,13 +212,17 @@ impl DriverRegistry {
             "fake" => Some(Arc::new(FakeInspect)),
             _ => None,
         };
+        let deploy: Arc<dyn DeployInterface> = match implementations["deploy"].as_str() {
+            "direct" => Arc::new(DirectDeploy::new(self.agent.clone())),
+            _ => Arc::new(FakeDeploy),
+        };
         Ok(NodeDriver {
             hardware_type: hw.name,
             implementations,
             power: self.fake_power.clone(),
             management: self.fake_management.clone(),
             boot: Arc::new(FakeBoot),
-            deploy: Arc::new(FakeDeploy),
+            deploy,
             inspect,
         })
     }
@@ -249,10 +257,10 @@ mod tests {
             "fake-hardware",
             ProvisionState::Enroll,
         );
-        node.deploy_interface = Some("direct".into());
+        node.deploy_interface = Some("ansible".into());
         let err = registry().resolve_interfaces(&mut node).unwrap_err();
         assert!(
-            err.to_string().contains("deploy interface \"direct\""),
+            err.to_string().contains("deploy interface \"ansible\""),
             "{err}"
         );
         let mut node = Node::new(uuid::Uuid::new_v4(), "no-such", ProvisionState::Enroll);
