@@ -59,7 +59,33 @@ fn line(node: &Value) -> String {
             text.push_str(&format!(", step {step}"));
         }
     }
+    if let Some(progress) = progress(&node["driver_internal_info"]["deploy_progress"]) {
+        text.push_str(&format!(", {progress}"));
+    }
     text
+}
+
+/// "412 of 2048 MiB (20 %), 96 MiB/s, 17 s left" from the agent's report.
+pub fn progress(report: &Value) -> Option<String> {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let done = report["bytes_done"].as_f64()?;
+    let mut text = format!("{:.0}", done / MIB);
+    if let Some(total) = report["bytes_total"].as_f64().filter(|t| *t > 0.0) {
+        text.push_str(&format!(
+            " of {:.0} MiB ({:.0} %)",
+            total / MIB,
+            100.0 * done / total
+        ));
+    } else {
+        text.push_str(" MiB");
+    }
+    if let Some(rate) = report["rate_bytes_per_s"].as_f64().filter(|r| *r > 0.0) {
+        text.push_str(&format!(", {:.0} MiB/s", rate / MIB));
+    }
+    if let Some(eta) = report["eta_seconds"].as_f64() {
+        text.push_str(&format!(", {eta:.0} s left"));
+    }
+    Some(text)
 }
 
 pub fn until_settled(
@@ -141,6 +167,23 @@ pub fn until_power_settled(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn progress_reads_like_a_sentence() {
+        let report = json!({"bytes_done": 512u64 << 20, "bytes_total": 2048u64 << 20,
+                            "rate_bytes_per_s": 100u64 << 20, "eta_seconds": 15});
+        assert_eq!(
+            progress(&report).unwrap(),
+            "512 of 2048 MiB (25 %), 100 MiB/s, 15 s left"
+        );
+        assert_eq!(progress(&json!({})), None);
+        let node = json!({"provision_state": "wait call-back", "target_provision_state": "active",
+                          "deploy_step": {"step": "write_image"},
+                          "driver_internal_info": {"deploy_progress": report}});
+        assert!(
+            line(&node).ends_with("step write_image, 512 of 2048 MiB (25 %), 100 MiB/s, 15 s left")
+        );
+    }
 
     #[test]
     fn verdicts() {
