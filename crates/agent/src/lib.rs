@@ -6,6 +6,8 @@
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod deploy;
+pub mod download;
 pub mod hints;
 pub mod inventory;
 pub mod run;

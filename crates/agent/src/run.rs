@@ -76,12 +76,16 @@ async fn run(config: AgentConfig, options: RunOptions) -> anyhow::Result<()> {
             names: options.devices.clone(),
         }
     };
-    let handler = Arc::new(StandardHandler::new(disks));
+    let handler = StandardHandler::new(disks);
+    // The write_image step shows its progress in its RUNNING command.
+    let running = handler.running_result();
+    let handler = Arc::new(handler);
     let api = if config.standalone {
         CommandApi::new(handler, None, VERSION)
     } else {
         CommandApi::awaiting_token(handler, VERSION)
-    };
+    }
+    .with_running_result(running);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, standalone = config.standalone, "{VERSION} serving the command API");
@@ -200,12 +204,23 @@ async fn lookup_and_heartbeat(
     };
     tracing::info!(node = %found.node_uuid, callback = %beat.callback_url, "found my node; heartbeating");
     let mut finished = api.subscribe_finished();
+    // After a failed heartbeat (the node was busy, the conductor down), try
+    // again soon, backing off up to the normal interval.
+    let mut retry = Duration::from_secs(1);
     loop {
-        match conductor.heartbeat(&found.node_uuid, &beat).await {
-            Ok(()) => tracing::debug!("heartbeat accepted"),
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-        }
-        let pause = heartbeat_interval(found.heartbeat_timeout);
+        let pause = match conductor.heartbeat(&found.node_uuid, &beat).await {
+            Ok(()) => {
+                tracing::debug!("heartbeat accepted");
+                retry = Duration::from_secs(1);
+                heartbeat_interval(found.heartbeat_timeout)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed; retrying in {retry:?}");
+                let pause = retry.min(heartbeat_interval(found.heartbeat_timeout));
+                retry = (retry * 2).min(Duration::from_secs(30));
+                pause
+            }
+        };
         // A finished command is reported at once, as IPA does.
         tokio::select! {
             () = tokio::time::sleep(pause) => {}

@@ -16,6 +16,11 @@
 //! every new command is refused with 409 "Agent is busy" (IPA refuses the
 //! synchronous `get_*` commands too; the conductor retries them).
 //!
+//! While an asynchronous command runs, its `command_result` shows what the
+//! handler last put in the [`RunningResult`] given with
+//! [`CommandApi::with_running_result`] (e.g. `write_image`'s progress).
+//! Ironic ignores `command_result` while a command is `RUNNING`.
+//!
 //! Error bodies carry IPA's `faultcode`/`faultstring` (the conductor reads
 //! `faultstring`, and looks for "agent is busy" in it) and, in addition, the
 //! `{type, code, message, details}` of IPA's error classes.
@@ -49,6 +54,34 @@ const API_DESCRIPTION: &str = "Ironic Python Agent is a provisioning agent for O
 const DOCS_URL: &str = "https://docs.openstack.org/ironic-python-agent";
 const MEDIA_TYPE: &str = "application/vnd.openstack.ironic-python-agent.v1+json";
 
+/// What the running asynchronous command reports as its `command_result`
+/// before it finishes: the handler sets it, the API shows it. Cheap to
+/// clone; one slot is enough because one asynchronous command runs at a
+/// time. The API empties it when an asynchronous command starts.
+#[derive(Debug, Clone, Default)]
+pub struct RunningResult(Arc<Mutex<Option<Value>>>);
+
+impl RunningResult {
+    fn slot(&self) -> MutexGuard<'_, Option<Value>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replaces what the running command reports.
+    pub fn set(&self, value: Value) {
+        *self.slot() = Some(value);
+    }
+
+    pub fn clear(&self) {
+        *self.slot() = None;
+    }
+
+    pub fn get(&self) -> Option<Value> {
+        self.slot().clone()
+    }
+}
+
 /// The state behind the command API: the commands, the token, the history
 /// of results, when the agent started and its version. Cheap to clone.
 #[derive(Clone)]
@@ -57,6 +90,7 @@ pub struct CommandApi {
     history_limit: usize,
     /// `http` or `https`, for the links of the version documents.
     scheme: &'static str,
+    running: Option<RunningResult>,
 }
 
 struct Shared {
@@ -118,6 +152,7 @@ impl CommandApi {
             }),
             history_limit: DEFAULT_HISTORY_LIMIT,
             scheme: "http",
+            running: None,
         }
     }
 
@@ -151,9 +186,28 @@ impl CommandApi {
         self
     }
 
+    /// Shows what the handler puts in `running` as the `command_result` of
+    /// the running asynchronous command. Configure before handing clones out.
+    pub fn with_running_result(mut self, running: RunningResult) -> Self {
+        self.running = Some(running);
+        self
+    }
+
     /// The results kept, in the order the commands started.
     pub fn results(&self) -> Vec<CommandResult> {
-        self.history().iter().map(|e| e.result.clone()).collect()
+        let results = self.history().iter().map(|e| e.result.clone()).collect();
+        self.with_running(results)
+    }
+
+    /// Fills in the running command's interim result.
+    fn with_running(&self, mut results: Vec<CommandResult>) -> Vec<CommandResult> {
+        let interim = self.running.as_ref().and_then(RunningResult::get);
+        if let Some(interim) = interim {
+            for result in results.iter_mut().filter(|r| !r.is_done()) {
+                result.command_result = Some(interim.clone());
+            }
+        }
+        results
     }
 
     /// Changes each time an asynchronous command finishes: the heartbeater
@@ -250,6 +304,9 @@ impl CommandApi {
         }
 
         tracing::info!(command = %format!("{extension}.{command}"), synchronous, "running a command");
+        if let (false, Some(running)) = (synchronous, &self.running) {
+            running.clear();
+        }
         let work = handler.run(extension, command, params);
         let mut result = CommandResult::running(command);
         if synchronous {
@@ -312,7 +369,7 @@ impl CommandApi {
             (entry.result.clone(), entry.outcome.clone())
         };
         if !wait || current.is_done() {
-            return Ok(current);
+            return Ok(self.with_running(vec![current]).remove(0));
         }
         let finished = outcome.wait_for(Option::is_some).await.map(|r| r.clone());
         Ok(finished.ok().flatten().unwrap_or(current))

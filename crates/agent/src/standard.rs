@@ -1,14 +1,19 @@
 //! The agent's built-in commands (IPA's extensions), through the generic
-//! hardware manager: clean steps that wipe disks, `standby.sync`, and the
-//! inventory. Deploy steps (`write_image`) come with the direct deploy.
+//! hardware manager: clean steps that wipe disks, the `write_image` deploy
+//! step ([`crate::deploy`]), `standby.sync` and `standby.get_partition_uuids`,
+//! and the inventory.
 
 use crate::commands::{CommandError, CommandFuture, CommandHandler};
+use crate::deploy::{self, DeployOptions, DeployProgress};
+use crate::download::chain;
 use crate::hints::BlockDevice;
 use crate::inventory::{self, Filter};
+use crate::server::RunningResult;
 use ferric_image::sink::BlockSink;
 use ferric_image::writer::{DiskWriter, HoleMode, WriterOptions};
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 /// The name the agent reports for its generic hardware manager.
 pub const HARDWARE_MANAGER: &str = "GenericHardwareManager";
@@ -52,15 +57,60 @@ impl Disks {
     }
 }
 
-/// The commands of a stock agent.
+/// The commands of a stock agent. Clones share the progress slot and the
+/// record of the last disk written.
+#[derive(Clone)]
 pub struct StandardHandler {
     disks: Disks,
+    deploy: Arc<DeployOptions>,
+    running: RunningResult,
+    /// The disk `write_image` last wrote, for `get_partition_uuids`.
+    written: Arc<Mutex<Option<String>>>,
 }
 
 impl StandardHandler {
     pub fn new(disks: Disks) -> Self {
-        StandardHandler { disks }
+        StandardHandler {
+            disks,
+            deploy: Arc::new(DeployOptions::default()),
+            running: RunningResult::default(),
+            written: Arc::new(Mutex::new(None)),
+        }
     }
+
+    /// How `write_image` downloads and writes (spool directory, md5, ...).
+    pub fn with_deploy_options(mut self, options: DeployOptions) -> Self {
+        self.deploy = Arc::new(options);
+        self
+    }
+
+    /// Where `write_image` reports its progress: hand it to
+    /// [`crate::server::CommandApi::with_running_result`] so the running
+    /// command shows `{"progress": {...}}` as its `command_result`.
+    pub fn running_result(&self) -> RunningResult {
+        self.running.clone()
+    }
+}
+
+fn deploy_steps() -> Value {
+    let argsinfo = json!({
+        "image_info": {"description": "Image information: id, urls, checksum or \
+                        os_hash_algo and os_hash_value, disk_format, proxies", "required": true},
+        "configdrive": {"description": "The config drive, gzip+base64 or its URL", "required": false},
+    });
+    json!({
+        "deploy_steps": {
+            HARDWARE_MANAGER: [
+                {"step": "write_image", "priority": 80, "interface": "deploy",
+                 "reboot_requested": false, "argsinfo": argsinfo},
+            ]
+        },
+        "hardware_manager_version": hardware_manager_version(),
+    })
+}
+
+fn hardware_manager_version() -> Value {
+    json!({HARDWARE_MANAGER: HARDWARE_MANAGER_VERSION})
 }
 
 fn clean_steps() -> Value {
@@ -73,7 +123,7 @@ fn clean_steps() -> Value {
                  "reboot_requested": false, "abortable": true, "argsinfo": null},
             ]
         },
-        "hardware_manager_version": {HARDWARE_MANAGER: HARDWARE_MANAGER_VERSION},
+        "hardware_manager_version": hardware_manager_version(),
     })
 }
 
@@ -139,19 +189,70 @@ impl StandardHandler {
         }
         Ok(json!({"clean_result": null, "clean_step": step}))
     }
+
+    fn execute_deploy_step(&self, params: &Value) -> Result<Value, CommandError> {
+        let step = &params["step"];
+        // IPA: the hardware managers must not have changed since the
+        // conductor fetched the steps.
+        match params.get("deploy_version") {
+            None | Some(Value::Null) => {}
+            Some(version) if *version == hardware_manager_version() => {}
+            Some(version) => {
+                return Err(CommandError::version_mismatch(format!(
+                    "the conductor has hardware manager versions {version}, this agent {}",
+                    hardware_manager_version()
+                )))
+            }
+        }
+        match step["step"].as_str() {
+            Some("write_image") => {}
+            other => {
+                return Err(CommandError::invalid_params(format!(
+                    "no deploy step {} in {HARDWARE_MANAGER}",
+                    other.map_or_else(|| "(unnamed)".to_owned(), |s| format!("{s:?}"))
+                )))
+            }
+        }
+        let node = params.get("node").cloned().unwrap_or(Value::Null);
+        let args = step.get("args").cloned().unwrap_or_else(|| json!({}));
+        let disks = self.disks.list();
+        let running = self.running.clone();
+        let report = move |progress: DeployProgress| running.set(progress.to_json());
+        let outcome = deploy::write_image(&args, &node, &disks, &self.deploy, &report)
+            .map_err(|error| CommandError::execution(chain(&error)))?;
+        *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome.device.clone());
+        Ok(json!({"deploy_result": outcome.to_deploy_result(), "deploy_step": step}))
+    }
+
+    fn get_partition_uuids(&self) -> Result<Value, CommandError> {
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(device) = written else {
+            // IPA answers {} until an image was written.
+            tracing::warn!("get_partition_uuids before any image was written");
+            return Ok(json!({}));
+        };
+        deploy::partition_uuids(std::path::Path::new(&device))
+            .map_err(|error| CommandError::execution(chain(&error)))
+    }
 }
 
 impl CommandHandler for StandardHandler {
     fn run(&self, extension: &str, command: &str, params: Value) -> CommandFuture {
         let key = (extension.to_string(), command.to_string());
-        let disks = self.disks.clone();
+        let handler = self.clone();
         Box::pin(async move {
             // Disk and /sys work blocks: off the async runtime.
             tokio::task::spawn_blocking(move || {
-                let handler = StandardHandler::new(disks);
                 match (key.0.as_str(), key.1.as_str()) {
                     ("clean", "get_clean_steps") => Ok(clean_steps()),
                     ("clean", "execute_clean_step") => handler.execute_clean_step(&params),
+                    ("deploy", "get_deploy_steps") => Ok(deploy_steps()),
+                    ("deploy", "execute_deploy_step") => handler.execute_deploy_step(&params),
+                    ("standby", "get_partition_uuids") => handler.get_partition_uuids(),
                     ("standby", "sync") => {
                         // SAFETY: sync(2) takes no arguments and cannot fail.
                         unsafe { libc::sync() };
@@ -179,19 +280,37 @@ impl CommandHandler for StandardHandler {
             (extension, command),
             ("clean", "get_clean_steps")
                 | ("clean", "execute_clean_step")
+                | ("deploy", "get_deploy_steps")
+                | ("deploy", "execute_deploy_step")
+                | ("standby", "get_partition_uuids")
                 | ("standby", "sync")
                 | ("system", "get_inventory")
         )
     }
 
     fn has_extension(&self, extension: &str) -> bool {
-        matches!(extension, "clean" | "standby" | "system")
+        matches!(extension, "clean" | "deploy" | "standby" | "system")
     }
 
     fn is_synchronous(&self, extension: &str, command: &str) -> bool {
         matches!(
             (extension, command),
-            ("clean", "get_clean_steps") | ("standby", "sync") | ("system", "get_inventory")
+            ("clean", "get_clean_steps")
+                | ("deploy", "get_deploy_steps")
+                | ("standby", "get_partition_uuids")
+                | ("standby", "sync")
+                | ("system", "get_inventory")
         )
+    }
+
+    fn validate(&self, extension: &str, command: &str, params: &Value) -> Result<(), CommandError> {
+        if (extension, command) == ("deploy", "execute_deploy_step")
+            && !params["step"]["step"].is_string()
+        {
+            return Err(CommandError::invalid_params(
+                "execute_deploy_step needs a step: {\"step\": {\"step\": <name>, \"args\": {...}}}",
+            ));
+        }
+        Ok(())
     }
 }

@@ -25,6 +25,8 @@ const LOOKUP_FIELDS: [&str; 4] = [
     "instance_info",
     "driver_internal_info",
 ];
+/// The heartbeat_timeout agents are given, in seconds.
+const HEARTBEAT_TIMEOUT_SECS: u64 = 30;
 /// Image formats the agent is told it may write (the image crate's default policy).
 const PERMITTED_IMAGE_FORMATS: [&str; 4] = ["raw", "gpt", "qcow2", "iso"];
 
@@ -65,7 +67,14 @@ pub async fn lookup(
             conductor: None,
         },
     );
-    let timeout = state.conductor.config().deploy_callback_timeout.as_secs();
+    // Agents beat every 30-60 % of this: often enough for live progress,
+    // and never beyond the callback timeout.
+    let timeout = state
+        .conductor
+        .config()
+        .deploy_callback_timeout
+        .as_secs()
+        .min(HEARTBEAT_TIMEOUT_SECS);
     Ok(Json(json!({
         "node": node,
         "config": {

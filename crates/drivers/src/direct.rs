@@ -168,8 +168,9 @@ impl DeployInterface for DirectDeploy {
                 }
                 let sent_step = json!({"interface": "deploy", "step": "write_image",
                                        "priority": step.priority, "args": args});
-                let params = json!({"step": sent_step, "node": node_for_agent(node),
-                                    "ports": [], "deploy_version": "1"});
+                // No deploy_version: the agent then does not compare hardware
+                // manager versions (Ironic sends what get_deploy_steps said).
+                let params = json!({"step": sent_step, "node": node_for_agent(node), "ports": []});
                 let result = self
                     .agent
                     .execute(node, "deploy.execute_deploy_step", params, false)

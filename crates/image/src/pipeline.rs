@@ -155,7 +155,13 @@ fn spawn_reader<'scope, R: Read + Send + 'scope>(
             let n = match bmap::fill(&mut source, &mut buf) {
                 Ok(n) => n,
                 Err(e) => {
-                    let message = e.to_string();
+                    // Keep the cause in the text: the error itself stays here.
+                    let mut message = e.to_string();
+                    let mut cause = std::error::Error::source(&e);
+                    while let Some(inner) = cause {
+                        message.push_str(&format!(": {inner}"));
+                        cause = inner.source();
+                    }
                     let _ = send_chunk.send(Err(io::Error::other(message)));
                     return Err(e);
                 }

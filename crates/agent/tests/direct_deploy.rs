@@ -1,0 +1,358 @@
+//! A node deployed through the `direct` interface end to end on this
+//! machine: Ferric's API and conductor in this process (fake power), an
+//! image served over HTTP, and ferric-agent as a process whose target disk
+//! is a loop device chosen by root device hints. Needs root, as CI has.
+
+use ferric_api::{router, ApiConfig, AppState};
+use ferric_conductor::{Conductor, ConductorConfig};
+use ferric_store::Store;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Agent(Child, PathBuf);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+struct Loop(PathBuf);
+
+impl Loop {
+    fn new(backing: &Path, size: u64) -> Loop {
+        std::fs::File::create(backing)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(backing)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Loop(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A 32 MiB GPT disk image with data in its partition.
+fn gpt_image(dir: &Path) -> PathBuf {
+    let path = dir.join("disk.raw");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    run(Command::new("sgdisk")
+        .args(["-n", "1:2048:0", "-t", "1:8300"])
+        .arg(&path));
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&vec![0x5a; 4 << 20], 2 << 20).unwrap();
+    path
+}
+
+fn sha256(path: &Path) -> String {
+    run(Command::new("sha256sum").arg(path))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Serves the files of `dir` over HTTP on loopback.
+async fn serve_files(dir: PathBuf) -> String {
+    let app = axum::Router::new().route(
+        "/{name}",
+        axum::routing::get(
+            move |axum::extract::Path(name): axum::extract::Path<String>| {
+                let dir = dir.clone();
+                async move {
+                    match std::fs::read(dir.join(name)) {
+                        Ok(bytes) => Ok(bytes),
+                        Err(_) => Err(axum::http::StatusCode::NOT_FOUND),
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+struct Setup {
+    api: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn ferric() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.sqlite").display());
+    let store = Store::connect(&url).await.unwrap();
+    let conductor = Conductor::start(store, ConductorConfig::default())
+        .await
+        .unwrap();
+    let app = router(AppState::new(conductor, ApiConfig::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Setup {
+        api,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.api))
+            .header("X-OpenStack-Ironic-API-Version", "latest");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+
+    async fn wait_for(
+        &self,
+        uuid: &str,
+        states: &[&str],
+        timeout: Duration,
+        agent_log: Option<&Path>,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let node = self
+                .call(reqwest::Method::GET, &format!("/v1/nodes/{uuid}"), None)
+                .await;
+            let state = node["provision_state"].as_str().unwrap_or("").to_string();
+            if states.contains(&state.as_str()) && node["reservation"].is_null() {
+                return node;
+            }
+            if Instant::now() >= deadline {
+                let log = agent_log
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .unwrap_or_default();
+                panic!("stuck: {node}\nagent log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Enrolls a direct node whose root device is `disk`, starts its agent,
+/// makes it available and deploys `instance_info` with a config drive.
+async fn deploy(ferric: &Setup, disk: &Path, mac: &str, instance_info: Value) -> (Value, Agent) {
+    let node = ferric
+        .call(
+            reqwest::Method::POST,
+            "/v1/nodes",
+            Some(
+                json!({"driver": "fake-hardware", "deploy_interface": "direct",
+                        "automated_clean": false,
+                        "properties": {"root_device": {"name": disk.to_str().unwrap()}},
+                        "instance_info": instance_info}),
+            ),
+        )
+        .await;
+    let uuid = node["uuid"].as_str().unwrap().to_string();
+    ferric
+        .call(
+            reqwest::Method::POST,
+            "/v1/ports",
+            Some(json!({"node_uuid": uuid, "address": mac})),
+        )
+        .await;
+    // Port 0: the agent heartbeats the port it got.
+    let log = disk
+        .with_extension("agent.log")
+        .file_name()
+        .map(|n| {
+            std::env::temp_dir().join(format!(
+                "ferric-test-{}-{}",
+                std::process::id(),
+                n.to_string_lossy()
+            ))
+        })
+        .unwrap();
+    let agent = Agent(
+        Command::new(env!("CARGO_BIN_EXE_ferric-agent"))
+            .args([
+                "--cmdline",
+                "/dev/null",
+                "--api-url",
+                &ferric.api,
+                "--mac",
+                mac,
+            ])
+            .args(["--listen", "127.0.0.1:0", "--advertise-host", "127.0.0.1"])
+            .args(["--include-loop-devices", "--device", disk.to_str().unwrap()])
+            .env("FERRIC_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        log.clone(),
+    );
+    for verb in ["manage", "provide"] {
+        ferric
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/nodes/{uuid}/states/provision"),
+                Some(json!({"target": verb})),
+            )
+            .await;
+        ferric
+            .wait_for(
+                &uuid,
+                &["manageable", "available"],
+                Duration::from_secs(20),
+                None,
+            )
+            .await;
+    }
+    let drive = json!({"meta_data": {"hostname": "deployed-1"},
+                       "user_data": "#cloud-config\nruncmd: [echo ferric]\n"});
+    ferric
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/nodes/{uuid}/states/provision"),
+            Some(json!({"target": "active", "configdrive": drive})),
+        )
+        .await;
+    let node = ferric
+        .wait_for(
+            &uuid,
+            &["active", "deploy failed"],
+            Duration::from_secs(120),
+            Some(&agent.1),
+        )
+        .await;
+    (node, agent)
+}
+
+fn has_partition_table(path: &Path) -> bool {
+    Command::new("sfdisk")
+        .arg("-d")
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test]
+async fn raw_and_qcow2_images_deploy_with_a_config_drive() {
+    let ferric = ferric().await;
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let raw = gpt_image(&images);
+    let qcow2 = images.join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-q", "-c", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2));
+    let base = serve_files(images.clone()).await;
+
+    for (n, (name, format)) in [("disk.raw", "raw"), ("disk.qcow2", "qcow2")]
+        .into_iter()
+        .enumerate()
+    {
+        let disk = Loop::new(&dir.path().join(format!("target-{n}")), 256 << 20);
+        let mac = format!("52:54:00:d0:00:0{n}");
+        let info = json!({"image_source": format!("{base}/{name}"),
+                          "image_os_hash_algo": "sha256",
+                          "image_os_hash_value": sha256(&images.join(name)),
+                          "image_disk_format": format});
+        let (node, _agent) = deploy(&ferric, &disk.0, &mac, info).await;
+        assert_eq!(
+            node["provision_state"], "active",
+            "{format}: {}",
+            node["last_error"]
+        );
+        assert_eq!(node["power_state"], "power on");
+        let written = std::fs::read(&disk.0).unwrap();
+        let image = std::fs::read(&raw).unwrap();
+        // The image is on the disk (the GPT backup moved to the disk's end,
+        // so compare the first partition's area).
+        assert_eq!(
+            &written[512 + 56..512 + 72],
+            &image[512 + 56..512 + 72],
+            "{format}: GPT disk GUID (the header changed: its backup moved to the end)"
+        );
+        assert_eq!(
+            &written[2 << 20..6 << 20],
+            &image[2 << 20..6 << 20],
+            "{format}: data"
+        );
+        // The config drive sits in a partition at the end, labelled config-2.
+        let table: Value =
+            serde_json::from_str(&run(Command::new("sfdisk").arg("-J").arg(&disk.0))).unwrap();
+        let parts = table["partitiontable"]["partitions"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(parts.len(), 2, "{table}");
+        let start = parts[1]["start"].as_u64().unwrap() * 512;
+        let label = run(Command::new("blkid")
+            .args(["-p", "-o", "value", "-s", "LABEL", "-O", &start.to_string()])
+            .arg(&disk.0));
+        assert_eq!(label.trim(), "config-2", "{format}");
+        assert!(node["driver_internal_info"]
+            .get("agent_secret_token")
+            .is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_checksum_mismatch_fails_the_deploy_and_leaves_no_partition_table() {
+    let ferric = ferric().await;
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    gpt_image(&images);
+    let base = serve_files(images.clone()).await;
+    let disk = Loop::new(&dir.path().join("target"), 128 << 20);
+    let info = json!({"image_source": format!("{base}/disk.raw"),
+                      "image_checksum": "0".repeat(64), "image_disk_format": "raw"});
+    let (node, _agent) = deploy(&ferric, &disk.0, "52:54:00:d0:00:09", info).await;
+    assert_eq!(node["provision_state"], "deploy failed");
+    let error = node["last_error"].as_str().unwrap_or("");
+    assert!(error.contains("checksum"), "{error}");
+    assert_eq!(node["power_state"], "power off");
+    assert!(!has_partition_table(&disk.0));
+}
