@@ -2,11 +2,10 @@
 //! clean step, and against Ferric's API looking itself up and heartbeating.
 //! Needs root and loop devices for the first test, as CI has.
 
-use ferric_api::{router, ApiConfig, AppState};
-use ferric_conductor::{Conductor, ConductorConfig};
-use ferric_store::Store;
+mod common;
+
+use common::{has_partition_table, start_ferric, LoopDisk};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -51,53 +50,9 @@ async fn wait_for_status(http: &reqwest::Client, base: &str) -> Value {
     }
 }
 
-struct Loop {
-    device: PathBuf,
-}
-
-impl Loop {
-    fn new(backing: &Path) -> Loop {
-        std::fs::File::create(backing)
-            .unwrap()
-            .set_len(64 << 20)
-            .unwrap();
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(backing)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Loop {
-            device: PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()),
-        }
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
-    }
-}
-
-fn has_partition_table(path: &Path) -> bool {
-    Command::new("sfdisk")
-        .arg("-d")
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-}
-
 #[tokio::test]
 async fn standalone_agent_cleans_a_loop_device() {
-    let dir = tempfile::tempdir().unwrap();
-    let disk = Loop::new(&dir.path().join("disk"));
+    let disk = LoopDisk::new(64 << 20);
     let status = Command::new("sgdisk")
         .args(["-n", "1:2048:0"])
         .arg(&disk.device)
@@ -162,16 +117,7 @@ async fn standalone_agent_cleans_a_loop_device() {
 
 #[tokio::test]
 async fn agent_looks_itself_up_and_heartbeats() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("t.sqlite").display());
-    let store = Store::connect(&url).await.unwrap();
-    let conductor = Conductor::start(store, ConductorConfig::default())
-        .await
-        .unwrap();
-    let app = router(AppState::new(conductor, ApiConfig::default()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (api_base, _dir) = start_ferric().await;
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, path: String, body: Option<Value>| {
         let http = http.clone();

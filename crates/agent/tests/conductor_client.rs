@@ -3,24 +3,15 @@
 //! it, receives the token once, and its heartbeat is recorded.
 
 use ferric_agent::client::{ConductorClient, Heartbeat};
-use ferric_api::{router, ApiConfig, AppState};
-use ferric_conductor::{Conductor, ConductorConfig};
-use ferric_store::Store;
+mod common;
+
+use common::start_ferric;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 async fn serve() -> (String, reqwest::Client, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("t.sqlite").display());
-    let store = Store::connect(&url).await.unwrap();
-    let conductor = Conductor::start(store, ConductorConfig::default())
-        .await
-        .unwrap();
-    let app = router(AppState::new(conductor, ApiConfig::default()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}"), reqwest::Client::new(), dir)
+    let (base, dir) = start_ferric().await;
+    (base, reqwest::Client::new(), dir)
 }
 
 async fn api(

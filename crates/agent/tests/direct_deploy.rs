@@ -3,9 +3,9 @@
 //! image served over HTTP, and ferric-agent as a process whose target disk
 //! is a loop device chosen by root device hints. Needs root, as CI has.
 
-use ferric_api::{router, ApiConfig, AppState};
-use ferric_conductor::{Conductor, ConductorConfig};
-use ferric_store::Store;
+mod common;
+
+use common::{has_partition_table, start_ferric, LoopDisk};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,34 +18,6 @@ impl Drop for Agent {
         let _ = self.0.kill();
         let _ = self.0.wait();
         let _ = std::fs::remove_file(&self.1);
-    }
-}
-
-struct Loop(PathBuf);
-
-impl Loop {
-    fn new(backing: &Path, size: u64) -> Loop {
-        std::fs::File::create(backing)
-            .unwrap()
-            .set_len(size)
-            .unwrap();
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(backing)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Loop(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
     }
 }
 
@@ -112,16 +84,7 @@ struct Setup {
 }
 
 async fn ferric() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("t.sqlite").display());
-    let store = Store::connect(&url).await.unwrap();
-    let conductor = Conductor::start(store, ConductorConfig::default())
-        .await
-        .unwrap();
-    let app = router(AppState::new(conductor, ApiConfig::default()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (api, dir) = start_ferric().await;
     Setup {
         api,
         http: reqwest::Client::new(),
@@ -263,17 +226,6 @@ async fn deploy(ferric: &Setup, disk: &Path, mac: &str, instance_info: Value) ->
     (node, agent)
 }
 
-fn has_partition_table(path: &Path) -> bool {
-    Command::new("sfdisk")
-        .arg("-d")
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-}
-
 #[tokio::test]
 async fn raw_and_qcow2_images_deploy_with_a_config_drive() {
     let ferric = ferric().await;
@@ -292,20 +244,20 @@ async fn raw_and_qcow2_images_deploy_with_a_config_drive() {
         .into_iter()
         .enumerate()
     {
-        let disk = Loop::new(&dir.path().join(format!("target-{n}")), 256 << 20);
+        let disk = LoopDisk::new(256 << 20);
         let mac = format!("52:54:00:d0:00:0{n}");
         let info = json!({"image_source": format!("{base}/{name}"),
                           "image_os_hash_algo": "sha256",
                           "image_os_hash_value": sha256(&images.join(name)),
                           "image_disk_format": format});
-        let (node, _agent) = deploy(&ferric, &disk.0, &mac, info).await;
+        let (node, _agent) = deploy(&ferric, &disk.device, &mac, info).await;
         assert_eq!(
             node["provision_state"], "active",
             "{format}: {}",
             node["last_error"]
         );
         assert_eq!(node["power_state"], "power on");
-        let written = std::fs::read(&disk.0).unwrap();
+        let written = std::fs::read(&disk.device).unwrap();
         let image = std::fs::read(&raw).unwrap();
         // The image is on the disk (the GPT backup moved to the disk's end,
         // so compare the first partition's area).
@@ -321,7 +273,7 @@ async fn raw_and_qcow2_images_deploy_with_a_config_drive() {
         );
         // The config drive sits in a partition at the end, labelled config-2.
         let table: Value =
-            serde_json::from_str(&run(Command::new("sfdisk").arg("-J").arg(&disk.0))).unwrap();
+            serde_json::from_str(&run(Command::new("sfdisk").arg("-J").arg(&disk.device))).unwrap();
         let parts = table["partitiontable"]["partitions"]
             .as_array()
             .unwrap()
@@ -330,7 +282,7 @@ async fn raw_and_qcow2_images_deploy_with_a_config_drive() {
         let start = parts[1]["start"].as_u64().unwrap() * 512;
         let label = run(Command::new("blkid")
             .args(["-p", "-o", "value", "-s", "LABEL", "-O", &start.to_string()])
-            .arg(&disk.0));
+            .arg(&disk.device));
         assert_eq!(label.trim(), "config-2", "{format}");
         assert!(node["driver_internal_info"]
             .get("agent_secret_token")
@@ -346,13 +298,13 @@ async fn a_checksum_mismatch_fails_the_deploy_and_leaves_no_partition_table() {
     std::fs::create_dir(&images).unwrap();
     gpt_image(&images);
     let base = serve_files(images.clone()).await;
-    let disk = Loop::new(&dir.path().join("target"), 128 << 20);
+    let disk = LoopDisk::new(128 << 20);
     let info = json!({"image_source": format!("{base}/disk.raw"),
                       "image_checksum": "0".repeat(64), "image_disk_format": "raw"});
-    let (node, _agent) = deploy(&ferric, &disk.0, "52:54:00:d0:00:09", info).await;
+    let (node, _agent) = deploy(&ferric, &disk.device, "52:54:00:d0:00:09", info).await;
     assert_eq!(node["provision_state"], "deploy failed");
     let error = node["last_error"].as_str().unwrap_or("");
     assert!(error.contains("checksum"), "{error}");
     assert_eq!(node["power_state"], "power off");
-    assert!(!has_partition_table(&disk.0));
+    assert!(!has_partition_table(&disk.device));
 }

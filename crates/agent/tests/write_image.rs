@@ -7,6 +7,9 @@
 //! The server is a plain thread-per-connection HTTP/1.1 server rather than
 //! axum: it must cut a response off after an exact number of body bytes.
 
+mod common;
+
+use common::{has_partition_table, LoopDisk};
 use ferric_agent::commands::CommandHandler;
 use ferric_agent::deploy::DeployOptions;
 use ferric_agent::download::DownloadOptions;
@@ -17,7 +20,7 @@ use ferric_image::checksum::sha256_hex;
 use ferric_image::configdrive::{self, ConfigDrive};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -170,59 +173,6 @@ fn respond(
 
 // ---------------------------------------------------------------- disks
 
-/// Loop device creation is serialized: `losetup --find` can race.
-static LOSETUP: Mutex<()> = Mutex::new(());
-
-struct Loop {
-    device: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Loop {
-    fn new() -> Loop {
-        let dir = tempfile::tempdir().unwrap();
-        let backing = dir.path().join("disk");
-        std::fs::File::create(&backing)
-            .unwrap()
-            .set_len(DISK_SIZE)
-            .unwrap();
-        let _serial = LOSETUP.lock().unwrap_or_else(|p| p.into_inner());
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(&backing)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Loop {
-            device: PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()),
-            _dir: dir,
-        }
-    }
-
-    fn name(&self) -> String {
-        self.device.to_str().unwrap().to_owned()
-    }
-
-    fn read(&self, len: usize) -> Vec<u8> {
-        let mut buf = vec![0; len];
-        std::fs::File::open(&self.device)
-            .unwrap()
-            .read_exact(&mut buf)
-            .unwrap();
-        buf
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
-    }
-}
-
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
@@ -235,17 +185,6 @@ fn run(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn has_partition_table(path: &Path) -> bool {
-    Command::new("sfdisk")
-        .arg("-d")
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
 }
 
 fn put_partition_table(path: &Path) {
@@ -306,7 +245,7 @@ fn config_drive_text() -> String {
 
 // ---------------------------------------------------------------- agent
 
-fn handler(disks: &[&Loop], spool: &Path) -> StandardHandler {
+fn handler(disks: &[&LoopDisk], spool: &Path) -> StandardHandler {
     StandardHandler::new(Disks::Only {
         sys_root: PathBuf::from("/"),
         filter: Filter { include_loop: true },
@@ -357,7 +296,7 @@ async fn raw_image_with_config_drive_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let (_, image) = gpt_image(dir.path());
     let server = serve(vec![("image.raw", Served::new(image.clone()))]);
-    let disk = Loop::new();
+    let disk = LoopDisk::new(DISK_SIZE);
     let agent = handler(&[&disk], dir.path());
 
     let steps = agent
@@ -468,7 +407,7 @@ async fn qcow2_image_with_a_checksum_url() {
         ("image.qcow2", Served::new(qcow2)),
         ("SHA256SUMS", Served::new(sums.into_bytes())),
     ]);
-    let disk = Loop::new();
+    let disk = LoopDisk::new(DISK_SIZE);
     let spool = tempfile::tempdir().unwrap();
     let agent = handler(&[&disk], spool.path());
     let info = json!({"id": "image-2", "urls": [server.url("image.qcow2")],
@@ -499,7 +438,7 @@ async fn a_dropped_connection_resumes_with_range() {
             ..Served::new(image.clone())
         },
     )]);
-    let disk = Loop::new();
+    let disk = LoopDisk::new(DISK_SIZE);
     let agent = handler(&[&disk], dir.path());
     let info = sha256_info(&server.url("image.raw"), &image, "raw");
     let done = execute(&agent, deploy_params(&disk.name(), info, None))
@@ -525,7 +464,7 @@ async fn a_server_ignoring_range_cannot_resume() {
             ..Served::new(image.clone())
         },
     )]);
-    let disk = Loop::new();
+    let disk = LoopDisk::new(DISK_SIZE);
     put_partition_table(&disk.device);
     let agent = handler(&[&disk], dir.path());
     let info = sha256_info(&server.url("image.raw"), &image, "raw");
@@ -545,7 +484,7 @@ async fn a_checksum_mismatch_fails_and_leaves_no_partition_table() {
     let dir = tempfile::tempdir().unwrap();
     let (_, image) = gpt_image(dir.path());
     let server = serve(vec![("image.raw", Served::new(image.clone()))]);
-    let disk = Loop::new();
+    let disk = LoopDisk::new(DISK_SIZE);
     put_partition_table(&disk.device);
     let agent = handler(&[&disk], dir.path());
     let api = CommandApi::new(Arc::new(agent.clone()), None, "test");
@@ -570,7 +509,7 @@ async fn a_qcow2_image_declared_raw_is_refused() {
     let (raw_path, _) = gpt_image(dir.path());
     let qcow2 = qcow2_of(&raw_path);
     let server = serve(vec![("image.raw", Served::new(qcow2.clone()))]);
-    let disk = Loop::new();
+    let disk = LoopDisk::new(DISK_SIZE);
     put_partition_table(&disk.device);
     let agent = handler(&[&disk], dir.path());
     let info = sha256_info(&server.url("image.raw"), &qcow2, "raw");
@@ -592,7 +531,7 @@ async fn root_device_hints_choose_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let (_, image) = gpt_image(dir.path());
     let server = serve(vec![("image.raw", Served::new(image.clone()))]);
-    let (first, second) = (Loop::new(), Loop::new());
+    let (first, second) = (LoopDisk::new(DISK_SIZE), LoopDisk::new(DISK_SIZE));
     let agent = handler(&[&first, &second], dir.path());
     let info = sha256_info(&server.url("image.raw"), &image, "raw");
     let done = execute(&agent, deploy_params(&second.name(), info.clone(), None))
@@ -627,7 +566,7 @@ async fn progress_shows_while_the_command_runs() {
             ..Served::new(image.clone())
         },
     )]);
-    let disk = Loop::new();
+    let disk = LoopDisk::new(DISK_SIZE);
     let agent = handler(&[&disk], dir.path());
     let api = CommandApi::new(Arc::new(agent.clone()), None, "test")
         .with_running_result(agent.running_result());

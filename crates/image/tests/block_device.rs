@@ -31,9 +31,26 @@ struct Loop {
 impl Loop {
     fn new(backing: &Path, size: u64) -> Loop {
         File::create(backing).unwrap().set_len(size).unwrap();
-        let device = run(Command::new("losetup")
-            .args(["--find", "--show", "--partscan"])
-            .arg(backing));
+        // Test binaries run in parallel: two may pick the same free device,
+        // and the loser gets EBUSY. Try again.
+        let mut attempt = 0;
+        let device = loop {
+            let out = Command::new("losetup")
+                .args(["--find", "--show", "--partscan"])
+                .arg(backing)
+                .output()
+                .unwrap();
+            attempt += 1;
+            if out.status.success() {
+                break String::from_utf8(out.stdout).unwrap();
+            }
+            assert!(
+                attempt < 10,
+                "losetup: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100 * attempt));
+        };
         Loop {
             device: PathBuf::from(device.trim()),
         }
