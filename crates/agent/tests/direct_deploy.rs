@@ -135,6 +135,26 @@ impl Setup {
     }
 }
 
+/// Starts ferric-agent as a ramdisk would, managing only `disk`, with its
+/// log in a temporary file.
+fn spawn_agent(api: &str, mac: &str, disk: &Path) -> Agent {
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let log =
+        std::env::temp_dir().join(format!("ferric-test-agent-{}-{n}.log", std::process::id()));
+    // Port 0: the agent heartbeats the port it got.
+    let child = Command::new(env!("CARGO_BIN_EXE_ferric-agent"))
+        .args(["--cmdline", "/dev/null", "--api-url", api, "--mac", mac])
+        .args(["--listen", "127.0.0.1:0", "--advertise-host", "127.0.0.1"])
+        .args(["--include-loop-devices", "--device", disk.to_str().unwrap()])
+        .env("FERRIC_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Agent(child, log)
+}
+
 /// Enrolls a direct node whose root device is `disk`, starts its agent,
 /// makes it available and deploys `instance_info` with a config drive.
 async fn deploy(ferric: &Setup, disk: &Path, mac: &str, instance_info: Value) -> (Value, Agent) {
@@ -158,37 +178,7 @@ async fn deploy(ferric: &Setup, disk: &Path, mac: &str, instance_info: Value) ->
             Some(json!({"node_uuid": uuid, "address": mac})),
         )
         .await;
-    // Port 0: the agent heartbeats the port it got.
-    let log = disk
-        .with_extension("agent.log")
-        .file_name()
-        .map(|n| {
-            std::env::temp_dir().join(format!(
-                "ferric-test-{}-{}",
-                std::process::id(),
-                n.to_string_lossy()
-            ))
-        })
-        .unwrap();
-    let agent = Agent(
-        Command::new(env!("CARGO_BIN_EXE_ferric-agent"))
-            .args([
-                "--cmdline",
-                "/dev/null",
-                "--api-url",
-                &ferric.api,
-                "--mac",
-                mac,
-            ])
-            .args(["--listen", "127.0.0.1:0", "--advertise-host", "127.0.0.1"])
-            .args(["--include-loop-devices", "--device", disk.to_str().unwrap()])
-            .env("FERRIC_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-        log.clone(),
-    );
+    let agent = spawn_agent(&ferric.api, mac, disk);
     for verb in ["manage", "provide"] {
         ferric
             .call(
@@ -307,4 +297,92 @@ async fn a_checksum_mismatch_fails_the_deploy_and_leaves_no_partition_table() {
     assert!(error.contains("checksum"), "{error}");
     assert_eq!(node["power_state"], "power off");
     assert!(!has_partition_table(&disk.device));
+}
+
+#[tokio::test]
+async fn cleaning_runs_in_the_agent_on_provide_and_undeploy() {
+    let ferric = ferric().await;
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let raw = gpt_image(&images);
+    let base = serve_files(images.clone()).await;
+    let disk = LoopDisk::new(128 << 20);
+    // The disk held an old installation.
+    run(Command::new("sgdisk")
+        .args(["-n", "1:2048:0"])
+        .arg(&disk.device));
+    assert!(has_partition_table(&disk.device));
+    let mac = "52:54:00:d0:00:0c";
+    let node = ferric
+        .call(
+            reqwest::Method::POST,
+            "/v1/nodes",
+            Some(
+                json!({"driver": "fake-hardware", "deploy_interface": "direct",
+                        "properties": {"root_device": {"name": disk.name()}},
+                        "instance_info": {"image_source": format!("{base}/disk.raw"),
+                                          "image_os_hash_algo": "sha256",
+                                          "image_os_hash_value": sha256(&raw)}}),
+            ),
+        )
+        .await;
+    let uuid = node["uuid"].as_str().unwrap().to_string();
+    ferric
+        .call(
+            reqwest::Method::POST,
+            "/v1/ports",
+            Some(json!({"node_uuid": uuid, "address": mac})),
+        )
+        .await;
+    let verb = |target: &'static str| {
+        let ferric = &ferric;
+        let uuid = uuid.clone();
+        async move {
+            ferric
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/v1/nodes/{uuid}/states/provision"),
+                    Some(json!({"target": target})),
+                )
+                .await;
+        }
+    };
+    verb("manage").await;
+    ferric
+        .wait_for(&uuid, &["manageable"], Duration::from_secs(20), None)
+        .await;
+
+    // Each operation boots the ramdisk afresh: a new agent each time.
+    for (target, expect) in [
+        ("provide", "available"),
+        ("active", "active"),
+        ("deleted", "available"),
+    ] {
+        let agent = spawn_agent(&ferric.api, mac, &disk.device);
+        verb(target).await;
+        let node = ferric
+            .wait_for(
+                &uuid,
+                &[expect, "clean failed", "deploy failed"],
+                Duration::from_secs(120),
+                Some(&agent.1),
+            )
+            .await;
+        assert_eq!(
+            node["provision_state"], expect,
+            "{target}: {}",
+            node["last_error"]
+        );
+        if expect == "available" {
+            assert!(
+                !has_partition_table(&disk.device),
+                "{target}: the disk was not cleaned"
+            );
+            assert_eq!(node["power_state"], "power off");
+            assert!(!node["maintenance"].as_bool().unwrap());
+        } else {
+            assert!(has_partition_table(&disk.device));
+        }
+    }
 }

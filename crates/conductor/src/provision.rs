@@ -457,6 +457,19 @@ impl Conductor {
                 driver.power.reboot(node, false, None).await?;
                 node.power_state = Some(PowerState::On);
             }
+            if let (Outcome::Done, StepKind::Clean, true) =
+                (&outcome, kind, driver.deploy.uses_agent())
+            {
+                // Cleaning ran in the ramdisk: leave the node off, ramdisk gone.
+                driver.boot.clean_up_ramdisk(node).await?;
+                if !node.disable_power_off {
+                    driver
+                        .power
+                        .set_power_state(node, PowerState::Off, None)
+                        .await?;
+                    node.power_state = Some(PowerState::Off);
+                }
+            }
             Ok::<_, DriverError>(outcome)
         }
         .await;
@@ -634,6 +647,7 @@ impl Conductor {
         };
         let kind = match node.provision_state {
             ProvisionState::WaitCallBack => StepKind::Deploy,
+            ProvisionState::CleanWait => StepKind::Clean,
             _ => {
                 self.release(uuid).await;
                 return;
@@ -657,6 +671,7 @@ impl Conductor {
                 advance_step_index(&mut node, kind);
                 Outcome::Resume
             }
+            Ok(AgentStepState::AgentReady) => Outcome::Resume,
             Ok(AgentStepState::Failed(message)) => Outcome::Failed(message),
             Err(e) => Outcome::Failed(e.to_string()),
         };

@@ -13,6 +13,9 @@ use serde_json::{json, Map, Value};
 
 /// The in-band step the agent is running, in driver_internal_info.
 const PENDING_KEY: &str = "agent_pending_step";
+/// The pending marker of a step that booted the ramdisk and waits for its
+/// agent before running in it.
+const AGENT_BOOT: &str = "(agent boot)";
 /// The agent's last progress report for a running step.
 pub const PROGRESS_KEY: &str = "deploy_progress";
 
@@ -31,7 +34,10 @@ impl DirectDeploy {
             step: name.into(),
             priority,
             argsinfo: None,
-            requires_ramdisk: name == "write_image",
+            requires_ramdisk: !matches!(
+                name,
+                "deploy" | "prepare_instance_boot" | "tear_down_agent" | "boot_instance"
+            ),
         }
     }
 }
@@ -120,6 +126,39 @@ fn node_for_agent(node: &Node) -> Value {
     })
 }
 
+impl DirectDeploy {
+    /// A clean step runs in the agent; without one yet, boot the ramdisk
+    /// first and run the step again once the agent heartbeats.
+    async fn clean_step(
+        &self,
+        node: &mut Node,
+        step: &Step,
+        context: StepContext<'_>,
+    ) -> Result<StepOutcome, DriverError> {
+        if !node.driver_internal_info.contains_key("agent_url") {
+            context.boot.prepare_ramdisk(node).await?;
+            context.power.reboot(node, false, None).await?;
+            node.power_state = Some(PowerState::On);
+            node.driver_internal_info
+                .insert(PENDING_KEY.into(), json!(AGENT_BOOT));
+            return Ok(StepOutcome::Wait);
+        }
+        let sent_step = json!({"interface": "deploy", "step": step.step,
+                               "priority": step.priority, "args": step.args});
+        let params = json!({"step": sent_step, "node": node_for_agent(node), "ports": []});
+        let result = self
+            .agent
+            .execute(node, "clean.execute_clean_step", params, false)
+            .await?;
+        if result["command_status"] == "FAILED" {
+            return Err(DriverError::Failed(command_error(&result)));
+        }
+        node.driver_internal_info
+            .insert(PENDING_KEY.into(), json!(step.step));
+        Ok(StepOutcome::Wait)
+    }
+}
+
 #[async_trait]
 impl DeployInterface for DirectDeploy {
     fn validate(&self, node: &Node) -> Result<(), DriverError> {
@@ -135,8 +174,12 @@ impl DeployInterface for DirectDeploy {
                 Self::step("tear_down_agent", 40),
                 Self::step("boot_instance", 20),
             ],
-            // In-band cleaning through the agent is still to come.
-            StepKind::Clean | StepKind::Service => Vec::new(),
+            // The agent's generic clean steps, run in the ramdisk.
+            StepKind::Clean => vec![
+                Self::step("erase_devices_metadata", 99),
+                Self::step("erase_devices", 0),
+            ],
+            StepKind::Service => Vec::new(),
         }
     }
 
@@ -147,11 +190,14 @@ impl DeployInterface for DirectDeploy {
         step: &Step,
         context: StepContext<'_>,
     ) -> Result<StepOutcome, DriverError> {
-        if kind != StepKind::Deploy {
-            return Err(DriverError::Unsupported(format!(
-                "the direct interface has no {} steps yet",
-                kind.as_str()
-            )));
+        match kind {
+            StepKind::Deploy => {}
+            StepKind::Clean => return self.clean_step(node, step, context).await,
+            StepKind::Service => {
+                return Err(DriverError::Unsupported(
+                    "the direct interface has no service steps yet".into(),
+                ))
+            }
         }
         match step.step.as_str() {
             "deploy" => {
@@ -227,7 +273,7 @@ impl DeployInterface for DirectDeploy {
     async fn check_agent_step(
         &self,
         node: &mut Node,
-        _kind: StepKind,
+        kind: StepKind,
     ) -> Result<AgentStepState, DriverError> {
         let Some(pending) = node
             .driver_internal_info
@@ -237,7 +283,15 @@ impl DeployInterface for DirectDeploy {
         else {
             return Ok(AgentStepState::Finished);
         };
-        let Some(command) = self.agent.last_command(node, "execute_deploy_step").await? else {
+        if pending == AGENT_BOOT {
+            node.driver_internal_info.remove(PENDING_KEY);
+            return Ok(AgentStepState::AgentReady);
+        }
+        let (command_name, result_key) = match kind {
+            StepKind::Clean => ("execute_clean_step", "clean_step"),
+            _ => ("execute_deploy_step", "deploy_step"),
+        };
+        let Some(command) = self.agent.last_command(node, command_name).await? else {
             node.driver_internal_info.remove(PENDING_KEY);
             return Ok(AgentStepState::Failed(format!(
                 "the agent has no record of the {pending} step (did it restart?)"
@@ -253,7 +307,7 @@ impl DeployInterface for DirectDeploy {
             }
             Some("SUCCEEDED") => {
                 node.driver_internal_info.remove(PENDING_KEY);
-                let finished = command["command_result"]["deploy_step"]["step"].as_str();
+                let finished = command["command_result"][result_key]["step"].as_str();
                 if finished != Some(pending.as_str()) {
                     return Ok(AgentStepState::Failed(format!(
                         "the agent finished step {finished:?}, not {pending}"

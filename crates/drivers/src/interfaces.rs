@@ -211,9 +211,11 @@ pub trait DeployInterface: Send + Sync {
 /// Where an in-band step stands, as the agent reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentStepState {
-    /// The node waited for the agent to come up; nothing runs in it: the
-    /// steps go on.
+    /// The step is over (the agent finished it, or the step only waited
+    /// for the agent to come up): the steps go on with the next one.
     Finished,
+    /// The agent is up now: run the current step again, in the agent.
+    AgentReady,
     /// The agent still runs the step (progress may have been recorded).
     Running,
     /// The agent's step failed with this message.
