@@ -81,9 +81,11 @@ def test_direct_deploy_with_the_baremetal_cli(
     )
     try:
         baremetal.run("node", "manage", "direct-1", "--wait", "60")
-        baremetal.run("node", "provide", "direct-1", "--wait", "120")
+        baremetal.run("node", "provide", "direct-1", "--wait", "120", timeout=180)
         drive = {"meta_data": {"hostname": "direct-1"}, "user_data": "#cloud-config\n"}
-        baremetal.run("node", "deploy", "direct-1", "--config-drive", json.dumps(drive), "--wait", "180")
+        # One agent serves both operations: when cleaning ends its token is
+        # forgotten and it looks itself up again for the deploy.
+        baremetal.run("node", "deploy", "direct-1", "--config-drive", json.dumps(drive), "--wait", "180", timeout=240)
         shown = baremetal.json("node", "show", "direct-1")
         assert shown["provision_state"] == "active", (shown, (tmp_path / "agent.log").read_text())
         assert shown["power_state"] == "power on"

@@ -37,6 +37,12 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether the conductor refused the agent token: the operation it was
+    /// for has ended (or never was this agent's).
+    pub fn is_token_refused(&self) -> bool {
+        matches!(self, ClientError::Refused { status: 400, message, .. } if message.contains("agent token"))
+    }
+
     /// Whether trying again later may succeed (the node is not in a
     /// lookup state yet, is locked, or the conductor is down).
     pub fn is_transient(&self) -> bool {

@@ -173,9 +173,26 @@ async fn lookup_and_heartbeat(
     } else {
         options.macs.clone()
     };
+    // The conductor forgets the token when an operation ends; an agent that
+    // stays up (as in fast track) looks itself up again for the next one.
+    loop {
+        serve_one_operation(&conductor, &api, &config, &macs, local).await?;
+        api.set_token(None);
+        tracing::info!("the conductor no longer takes this agent's token; looking up again");
+    }
+}
+
+/// Looks the node up and heartbeats until the conductor refuses the token.
+async fn serve_one_operation(
+    conductor: &ConductorClient,
+    api: &CommandApi,
+    config: &AgentConfig,
+    macs: &[String],
+    local: SocketAddr,
+) -> anyhow::Result<()> {
     tracing::info!(macs = ?macs, "looking up this machine");
     let found = conductor
-        .lookup_until_found(&macs, None, config.lookup_timeout, config.lookup_interval)
+        .lookup_until_found(macs, None, config.lookup_timeout, config.lookup_interval)
         .await?;
     let token = found
         .token
@@ -214,6 +231,7 @@ async fn lookup_and_heartbeat(
                 retry = Duration::from_secs(1);
                 heartbeat_interval(found.heartbeat_timeout)
             }
+            Err(e) if e.is_token_refused() => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat failed; retrying in {retry:?}");
                 let pause = retry.min(heartbeat_interval(found.heartbeat_timeout));
