@@ -191,11 +191,34 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// A URL as it may be shown in errors and logs: without user:password and
+/// without its query string, where signed URLs keep their signature.
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let (path, hidden) = match path.split_once('?') {
+        Some((path, _)) => (path, "?…"),
+        None => (path, ""),
+    };
+    let scheme = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    format!("{scheme}{host}{path}{hidden}")
+}
+
 /// Refuses everything but `http://` (see the module documentation).
 pub fn check_url(url: &str) -> Result<(), DownloadError> {
     let lower = url.trim().to_ascii_lowercase();
     let unsupported = |reason| DownloadError::UnsupportedUrl {
-        url: url.to_owned(),
+        url: redact(url),
         reason,
     };
     if lower.starts_with("http://") {
@@ -260,8 +283,9 @@ fn get(client: &Client, url: &str, headers: HeaderMap) -> Result<Response, Attem
         .send()
         .map_err(|source| {
             Attempt::Retry(DownloadError::Connect {
-                url: url.to_owned(),
-                source,
+                url: redact(url),
+                // reqwest's message repeats the whole URL.
+                source: source.without_url(),
             })
         })?;
     let status = response.status();
@@ -269,7 +293,7 @@ fn get(client: &Client, url: &str, headers: HeaderMap) -> Result<Response, Attem
         return Ok(response);
     }
     let error = DownloadError::Status {
-        url: url.to_owned(),
+        url: redact(url),
         status: status.as_u16(),
     };
     // Like IPA: a 4xx will not get better by asking again.
@@ -292,7 +316,7 @@ fn get_with_retries(
             Ok(response) if response.status() == StatusCode::OK => return Ok(response),
             Ok(response) => {
                 return Err(DownloadError::Status {
-                    url: url.to_owned(),
+                    url: redact(url),
                     status: response.status().as_u16(),
                 })
             }
@@ -300,7 +324,7 @@ fn get_with_retries(
             Err(Attempt::Retry(error)) if attempt >= options.retries => return Err(error),
             Err(Attempt::Retry(error)) => {
                 attempt += 1;
-                tracing::warn!(%url, attempt, error = %chain(&error), "download failed to start; retrying");
+                tracing::warn!(url = %redact(url), attempt, error = %chain(&error), "download failed to start; retrying");
                 std::thread::sleep(options.retry_interval);
             }
         }
@@ -359,10 +383,10 @@ impl Download {
                         .filter(|etag| !etag.starts_with("W/"))
                         .or_else(|| header(&response, LAST_MODIFIED))
                         .map(str::to_owned);
-                    tracing::info!(%url, size = ?total, "downloading the image");
+                    tracing::info!(url = %redact(url), size = ?total, "downloading the image");
                     return Ok(Download {
                         client,
-                        url: url.clone(),
+                        url: redact(url),
                         options: options.clone(),
                         response: Some(response),
                         offset: 0,
@@ -373,7 +397,7 @@ impl Download {
                     });
                 }
                 Err(error) => {
-                    tracing::warn!(%url, error = %chain(&error), "image URL failed; trying the next");
+                    tracing::warn!(url = %redact(url), error = %chain(&error), "image URL failed; trying the next");
                     failures.push(error);
                 }
             }
@@ -416,7 +440,7 @@ impl Download {
         loop {
             if self.resumes >= self.options.retries {
                 return Err(DownloadError::RetriesExhausted {
-                    url: self.url.clone(),
+                    url: redact(&self.url),
                     offset: self.offset,
                     retries: self.options.retries,
                     source: cause,
@@ -424,7 +448,7 @@ impl Download {
             }
             self.resumes += 1;
             tracing::warn!(
-                url = %self.url, offset = self.offset, attempt = self.resumes,
+                url = %redact(&self.url), offset = self.offset, attempt = self.resumes,
                 error = %chain(&cause), "the image download was interrupted; resuming"
             );
             std::thread::sleep(self.options.retry_interval);
@@ -452,7 +476,7 @@ impl Download {
         }
         if status != StatusCode::PARTIAL_CONTENT {
             return Err(DownloadError::RangeIgnored {
-                url: self.url.clone(),
+                url: redact(&self.url),
                 offset: self.offset,
                 status: status.as_u16(),
             });
@@ -460,7 +484,7 @@ impl Download {
         let content_range = header(&response, CONTENT_RANGE).unwrap_or("").to_owned();
         if !self.range_fits(&content_range) {
             return Err(DownloadError::BadContentRange {
-                url: self.url.clone(),
+                url: redact(&self.url),
                 offset: self.offset,
                 content_range,
             });
@@ -553,12 +577,12 @@ pub fn fetch_text(
         .take(limit + 1)
         .read_to_end(&mut body)
         .map_err(|source| DownloadError::Read {
-            url: url.to_owned(),
+            url: redact(url),
             source,
         })?;
     if body.len() as u64 > limit {
         return Err(DownloadError::TooLarge {
-            url: url.to_owned(),
+            url: redact(url),
             limit,
         });
     }
@@ -578,7 +602,7 @@ pub fn fetch_checksum(
     let text = fetch_text(checksum_url, MAX_CHECKSUM_FILE, options)?;
     Checksum::from_checksum_file(&text, image_url, algorithm, allow_md5).map_err(|source| {
         DownloadError::ChecksumFile {
-            url: checksum_url.to_owned(),
+            url: redact(checksum_url),
             source,
         }
     })
@@ -587,6 +611,17 @@ pub fn fetch_checksum(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_credentials_and_signatures_in_messages() {
+        assert_eq!(
+            redact("http://user:secret@images.example/v1/disk.qcow2?temp_url_sig=abc&x=1"),
+            "http://images.example/v1/disk.qcow2?…"
+        );
+        assert_eq!(redact("http://h:8080/a.img"), "http://h:8080/a.img");
+        let err = check_url("ftp://u:pw@h/x").unwrap_err().to_string();
+        assert!(!err.contains("pw"), "{err}");
+    }
     use serde_json::json;
 
     #[test]

@@ -62,7 +62,8 @@ fn image_info(node: &Node) -> Result<Value, DriverError> {
         )));
     }
     let mut info = json!({
-        "id": source.rsplit('/').next().unwrap_or(source),
+        // The file name only: the query of a signed URL stays out of logs.
+        "id": source.split(['?', '#']).next().unwrap_or(source).rsplit('/').next().unwrap_or(source),
         "urls": [source],
         "disk_format": instance_str(node, "image_disk_format"),
         "container_format": "bare",
