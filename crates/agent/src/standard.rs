@@ -240,6 +240,18 @@ impl StandardHandler {
     }
 }
 
+/// The commands this agent offers: (extension, command, synchronous).
+/// Synchronous ones answer at once and never make the agent busy.
+const COMMANDS: &[(&str, &str, bool)] = &[
+    ("clean", "get_clean_steps", true),
+    ("clean", "execute_clean_step", false),
+    ("deploy", "get_deploy_steps", true),
+    ("deploy", "execute_deploy_step", false),
+    ("standby", "get_partition_uuids", true),
+    ("standby", "sync", true),
+    ("system", "get_inventory", true),
+];
+
 impl CommandHandler for StandardHandler {
     fn run(&self, extension: &str, command: &str, params: Value) -> CommandFuture {
         let key = (extension.to_string(), command.to_string());
@@ -276,31 +288,19 @@ impl CommandHandler for StandardHandler {
     }
 
     fn knows(&self, extension: &str, command: &str) -> bool {
-        matches!(
-            (extension, command),
-            ("clean", "get_clean_steps")
-                | ("clean", "execute_clean_step")
-                | ("deploy", "get_deploy_steps")
-                | ("deploy", "execute_deploy_step")
-                | ("standby", "get_partition_uuids")
-                | ("standby", "sync")
-                | ("system", "get_inventory")
-        )
+        COMMANDS
+            .iter()
+            .any(|(e, c, _)| (*e, *c) == (extension, command))
     }
 
     fn has_extension(&self, extension: &str) -> bool {
-        matches!(extension, "clean" | "deploy" | "standby" | "system")
+        COMMANDS.iter().any(|(e, _, _)| *e == extension)
     }
 
     fn is_synchronous(&self, extension: &str, command: &str) -> bool {
-        matches!(
-            (extension, command),
-            ("clean", "get_clean_steps")
-                | ("deploy", "get_deploy_steps")
-                | ("standby", "get_partition_uuids")
-                | ("standby", "sync")
-                | ("system", "get_inventory")
-        )
+        COMMANDS
+            .iter()
+            .any(|(e, c, sync)| *sync && (*e, *c) == (extension, command))
     }
 
     fn validate(&self, extension: &str, command: &str, params: &Value) -> Result<(), CommandError> {

@@ -155,16 +155,22 @@ fn spawn_agent(api: &str, mac: &str, disk: &Path) -> Agent {
     Agent(child, log)
 }
 
-/// Enrolls a direct node whose root device is `disk`, starts its agent,
-/// makes it available and deploys `instance_info` with a config drive.
-async fn deploy(ferric: &Setup, disk: &Path, mac: &str, instance_info: Value) -> (Value, Agent) {
+/// Enrolls a fake-power node with the direct interface whose root device
+/// is `disk` and whose port has `mac`; returns its UUID.
+async fn enroll(
+    ferric: &Setup,
+    disk: &Path,
+    mac: &str,
+    automated_clean: bool,
+    instance_info: Value,
+) -> String {
     let node = ferric
         .call(
             reqwest::Method::POST,
             "/v1/nodes",
             Some(
                 json!({"driver": "fake-hardware", "deploy_interface": "direct",
-                        "automated_clean": false,
+                        "automated_clean": automated_clean,
                         "properties": {"root_device": {"name": disk.to_str().unwrap()}},
                         "instance_info": instance_info}),
             ),
@@ -178,6 +184,13 @@ async fn deploy(ferric: &Setup, disk: &Path, mac: &str, instance_info: Value) ->
             Some(json!({"node_uuid": uuid, "address": mac})),
         )
         .await;
+    uuid
+}
+
+/// Enrolls a direct node whose root device is `disk`, starts its agent,
+/// makes it available and deploys `instance_info` with a config drive.
+async fn deploy(ferric: &Setup, disk: &Path, mac: &str, instance_info: Value) -> (Value, Agent) {
+    let uuid = enroll(ferric, disk, mac, false, instance_info).await;
     let agent = spawn_agent(&ferric.api, mac, disk);
     for verb in ["manage", "provide"] {
         ferric
@@ -314,27 +327,9 @@ async fn cleaning_runs_in_the_agent_on_provide_and_undeploy() {
         .arg(&disk.device));
     assert!(has_partition_table(&disk.device));
     let mac = "52:54:00:d0:00:0c";
-    let node = ferric
-        .call(
-            reqwest::Method::POST,
-            "/v1/nodes",
-            Some(
-                json!({"driver": "fake-hardware", "deploy_interface": "direct",
-                        "properties": {"root_device": {"name": disk.name()}},
-                        "instance_info": {"image_source": format!("{base}/disk.raw"),
-                                          "image_os_hash_algo": "sha256",
-                                          "image_os_hash_value": sha256(&raw)}}),
-            ),
-        )
-        .await;
-    let uuid = node["uuid"].as_str().unwrap().to_string();
-    ferric
-        .call(
-            reqwest::Method::POST,
-            "/v1/ports",
-            Some(json!({"node_uuid": uuid, "address": mac})),
-        )
-        .await;
+    let info = json!({"image_source": format!("{base}/disk.raw"),
+                      "image_os_hash_algo": "sha256", "image_os_hash_value": sha256(&raw)});
+    let uuid = enroll(&ferric, &disk.device, mac, true, info).await;
     let verb = |target: &'static str| {
         let ferric = &ferric;
         let uuid = uuid.clone();

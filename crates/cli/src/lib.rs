@@ -431,18 +431,16 @@ fn scalar_fields(f: &NodeFields) -> Vec<(&'static str, &String)> {
 }
 
 fn execute(cli: &Cli) -> anyhow::Result<ExitCode> {
-    match &cli.command {
-        Command::Image(cmd) => return image::image_command(cli.format, cmd),
-        Command::Configdrive(cmd) => return image::configdrive_command(cmd),
-        _ => {}
-    }
-    let client = IronicClient::new(&cli.url);
+    // The API client is made only by the commands that talk to a server.
+    let client = || IronicClient::new(&cli.url);
     let out = output::Output::new(cli.format);
     match &cli.command {
-        Command::Node(cmd) => node_command(&client, &out, cmd),
-        Command::Port(cmd) => port_command(&client, &out, cmd),
+        Command::Image(cmd) => image::image_command(cli.format, cmd),
+        Command::Configdrive(cmd) => image::configdrive_command(cmd),
+        Command::Node(cmd) => node_command(&client(), &out, cmd),
+        Command::Port(cmd) => port_command(&client(), &out, cmd),
         Command::Driver(ListOnly::List) => {
-            let drivers = client.get("/v1/drivers")?;
+            let drivers = client().get("/v1/drivers")?;
             out.list(
                 &drivers["drivers"],
                 &[("Supported driver(s)", "name"), ("Active host(s)", "hosts")],
@@ -450,7 +448,7 @@ fn execute(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Conductor(ListOnly::List) => {
-            let c = client.get("/v1/conductors")?;
+            let c = client().get("/v1/conductors")?;
             out.list(
                 &c["conductors"],
                 &[
@@ -461,7 +459,6 @@ fn execute(cli: &Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Image(_) | Command::Configdrive(_) => unreachable!("handled above"),
     }
 }
 

@@ -67,15 +67,7 @@ pub type Peeked<R> = Chain<Cursor<Vec<u8>>, R>;
 /// and returns them with a reader that yields the whole stream again.
 pub fn peek<R: Read>(mut reader: R, len: usize) -> Result<(Vec<u8>, Peeked<R>)> {
     let mut head = vec![0; len];
-    let mut filled = 0;
-    while filled < len {
-        match reader.read(&mut head[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("reading the start of the image", e)),
-        }
-    }
+    let filled = crate::bmap::fill(&mut reader, &mut head)?;
     head.truncate(filled);
     Ok((head.clone(), Cursor::new(head).chain(reader)))
 }
