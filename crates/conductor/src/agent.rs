@@ -246,6 +246,24 @@ impl Conductor {
             Err(StoreError::NodeLocked { .. }) if recorded_url.is_some() => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        // The reservation may have waited for another operation to end (and
+        // the next one to start): check the token again on the node as it
+        // is now, or a late heartbeat would speak for an agent the new
+        // operation has not met.
+        let still_valid = token_of(&node)
+            .is_some_and(|expected| bool::from(expected.as_bytes().ct_eq(given.as_bytes())));
+        let url_changed = node
+            .driver_internal_info
+            .get(AGENT_URL_KEY)
+            .and_then(Value::as_str)
+            .is_some_and(|recorded| recorded != url);
+        if !still_valid || url_changed {
+            self.release(node.uuid).await;
+            tracing::error!(node = %node.uuid, "heartbeat for an operation that has ended refused");
+            return Err(ConductorError::InvalidParameter(
+                "Invalid or missing agent token received.".into(),
+            ));
+        }
         let info = &mut node.driver_internal_info;
         if !url.is_empty() {
             info.insert(AGENT_URL_KEY.into(), Value::String(url.to_string()));

@@ -653,6 +653,15 @@ impl Conductor {
                 return;
             }
         };
+        if !node
+            .driver_internal_info
+            .contains_key(crate::agent::AGENT_TOKEN_KEY)
+        {
+            // Spawned by a heartbeat of an operation that has since ended:
+            // this one's agent has not looked up yet.
+            self.release(uuid).await;
+            return;
+        }
         let driver = match self.driver_for(&node) {
             Ok(d) if d.deploy.uses_agent() => d,
             _ => {

@@ -1,0 +1,69 @@
+//! Heartbeats that race with the end of the operation they belong to.
+
+use ferric_conductor::{Conductor, ConductorConfig, Heartbeat, AGENT_TOKEN_KEY};
+use ferric_store::{NodeIdent, Store};
+use ferric_types::{Node, ProvisionState};
+use serde_json::Value;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A heartbeat that waits for the node's lock while the cleaning it came
+/// from ends and a deploy begins must not speak for the deploy: the deploy's
+/// agent has not looked up, so the old token is no longer good.
+#[tokio::test]
+async fn a_heartbeat_outlived_by_its_operation_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("c.sqlite").display());
+    let store = Store::connect(&url).await.unwrap();
+    let mut node = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::CleanWait);
+    node.target_provision_state = Some(ProvisionState::Available);
+    node.driver_internal_info.insert(
+        AGENT_TOKEN_KEY.into(),
+        Value::String("cleaning-token".into()),
+    );
+    store.create_node(&node).await.unwrap();
+    let ident = NodeIdent::Uuid(node.uuid);
+    // Another task holds the node: the heartbeat will wait for it.
+    let mut held = store.reserve_node(&ident, "elsewhere").await.unwrap();
+    let conductor = Conductor::start(
+        store.clone(),
+        ConductorConfig {
+            hostname: "c1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let beat = {
+        let conductor = conductor.clone();
+        let ident = ident.clone();
+        tokio::spawn(async move {
+            conductor
+                .heartbeat(
+                    &ident,
+                    Heartbeat {
+                        callback_url: "http://192.0.2.1:9999".into(),
+                        agent_token: Some("cleaning-token".into()),
+                        agent_version: Some("1.0".into()),
+                        ..Heartbeat::default()
+                    },
+                )
+                .await
+        })
+    };
+    // While it waits, cleaning ends (the token is forgotten) and the next
+    // deploy reaches its wait for a new agent.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    held.driver_internal_info.remove(AGENT_TOKEN_KEY);
+    held.provision_state = ProvisionState::WaitCallBack;
+    held.target_provision_state = Some(ProvisionState::Active);
+    store.update_node(&held, "elsewhere").await.unwrap();
+    store.release_node(node.uuid, "elsewhere").await.unwrap();
+
+    let refused = beat.await.unwrap().unwrap_err();
+    assert!(refused.to_string().contains("agent token"), "{refused}");
+    let after = store.get_node(&ident).await.unwrap();
+    assert_eq!(after.provision_state, ProvisionState::WaitCallBack);
+    assert!(!after.driver_internal_info.contains_key("agent_url"));
+    assert_eq!(after.reservation, None, "the lock is released");
+}
