@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The settings the agent runs with.
@@ -33,6 +33,9 @@ pub struct AgentConfig {
     /// The first pause between lookups (`ipa-lookup-interval`, seconds).
     #[serde(with = "seconds")]
     pub lookup_interval: Duration,
+    /// A directory of operator step definitions (`ferric-step-dir`);
+    /// default /etc/ferric-agent/steps.d when it exists.
+    pub step_dir: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -47,6 +50,7 @@ impl Default for AgentConfig {
             advertise_host: None,
             lookup_timeout: Duration::from_secs(300),
             lookup_interval: Duration::from_secs(1),
+            step_dir: None,
         }
     }
 }
@@ -114,6 +118,7 @@ impl AgentConfig {
                 "ipa-standalone" => self.standalone = truthy(value),
                 "ipa-agent-token" => self.agent_token = Some(value.clone()),
                 "ipa-advertise-host" => self.advertise_host = Some(value.clone()),
+                "ferric-step-dir" => self.step_dir = Some(PathBuf::from(value)),
                 "ipa-listen-host" => {
                     let ip = value
                         .parse()
@@ -187,6 +192,8 @@ struct CurrentView {
     advertise_host: Option<String>,
     lookup_timeout: u64,
     lookup_interval: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step_dir: Option<PathBuf>,
 }
 
 impl From<&AgentConfig> for CurrentView {
@@ -201,6 +208,7 @@ impl From<&AgentConfig> for CurrentView {
             advertise_host: c.advertise_host.clone(),
             lookup_timeout: c.lookup_timeout.as_secs(),
             lookup_interval: c.lookup_interval.as_secs(),
+            step_dir: c.step_dir.clone(),
         }
     }
 }

@@ -38,6 +38,9 @@ struct Args {
     /// Count loop devices as disks (for tests on loop devices).
     #[arg(long)]
     include_loop_devices: bool,
+    /// A directory of operator step definitions (ferric-step-dir).
+    #[arg(long)]
+    step_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,9 @@ fn main() -> ExitCode {
     config.debug |= args.debug;
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(dir) = args.step_dir {
+        config.step_dir = Some(dir);
     }
     if let Some(host) = args.advertise_host {
         config.advertise_host = Some(host);

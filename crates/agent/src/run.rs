@@ -59,6 +59,9 @@ pub fn main(config: AgentConfig, options: RunOptions) -> ExitCode {
     }
 }
 
+/// Where operator step definitions live unless configured otherwise.
+pub const DEFAULT_STEP_DIR: &str = "/etc/ferric-agent/steps.d";
+
 async fn run(config: AgentConfig, options: RunOptions) -> anyhow::Result<()> {
     let filter = Filter {
         include_loop: options.include_loop_devices,
@@ -76,7 +79,12 @@ async fn run(config: AgentConfig, options: RunOptions) -> anyhow::Result<()> {
             names: options.devices.clone(),
         }
     };
-    let handler = StandardHandler::new(disks);
+    let default_steps = PathBuf::from(DEFAULT_STEP_DIR);
+    let step_dir = config
+        .step_dir
+        .clone()
+        .or_else(|| default_steps.is_dir().then_some(default_steps));
+    let handler = StandardHandler::new(disks).with_step_dir(step_dir)?;
     // The write_image step shows its progress in its RUNNING command.
     let running = handler.running_result();
     let handler = Arc::new(handler);

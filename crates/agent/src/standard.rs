@@ -84,6 +84,15 @@ impl StandardHandler {
         self
     }
 
+    /// Loads the operator's step definitions from `dir` (none: no operator
+    /// steps). A definition that cannot be read is an error: the agent must
+    /// not start with fewer steps than the operator gave it.
+    pub fn with_step_dir(self, dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        // TODO(helper): load the step definitions.
+        let _ = dir;
+        Ok(self)
+    }
+
     /// Where `write_image` reports its progress: hand it to
     /// [`crate::server::CommandApi::with_running_result`] so the running
     /// command shows `{"progress": {...}}` as its `command_result`.

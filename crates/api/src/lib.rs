@@ -8,6 +8,7 @@ mod body;
 mod drivers;
 pub mod error;
 mod fields;
+mod images;
 mod nodes;
 mod params;
 mod ports;

@@ -10,6 +10,7 @@ pub mod agent_client;
 pub mod direct;
 mod error;
 pub mod fake;
+pub mod image_cache;
 mod interfaces;
 mod registry;
 

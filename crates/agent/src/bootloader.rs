@@ -1,0 +1,1 @@
+//! `image.install_bootloader`: makes a written partition image bootable.

@@ -1,0 +1,1 @@
+//! Hardware managers: a trait with support levels and dispatch to the best manager that implements an operation.

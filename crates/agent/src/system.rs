@@ -1,0 +1,1 @@
+//! The `system` and `standby` power commands: lockdown, power_off, run_image.

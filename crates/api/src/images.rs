@@ -1,0 +1,1 @@
+//! Serves cached instance images to agents (and later boot files), with Range support.
