@@ -1,7 +1,8 @@
 # Ferric's developer entry points. On a fresh Debian 12 machine, as root:
 #   make demo    installs what it needs, builds, walks a fake node through its life
 #   make test    installs what the tests need, runs every check CI runs
-# Other targets: build, lint, rust-test, api-test (needs a build), bench, deps.
+# Other targets: build, lint, rust-test, api-test (needs a build), bench,
+# bench-image, bench-agent, agent-static, deps.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -15,7 +16,7 @@ PYTEST_ARGS ?=
 PG_DIR ?= .work/pg
 PG_PORT ?= 55432
 
-.PHONY: all build lint rust-test api-test test demo bench bench-image deps
+.PHONY: all build lint rust-test api-test test demo bench bench-image bench-agent agent-static deps
 
 all: build
 
@@ -97,6 +98,14 @@ demo: deps
 bench:
 	scripts/bench-api.sh
 	scripts/bench-image.sh
+	scripts/bench-agent.sh
 
 bench-image:
 	scripts/bench-image.sh
+
+bench-agent:
+	scripts/bench-agent.sh
+
+# The static ferric-agent for the deploy ramdisk (prints its path).
+agent-static:
+	scripts/build-agent-static

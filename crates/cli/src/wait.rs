@@ -102,8 +102,33 @@ pub fn until_settled(
     )?);
     bar.set_prefix(node.to_string());
     bar.enable_steady_tick(Duration::from_millis(120));
+    let mut bytes_shown = false;
     loop {
         let current = client.get(&format!("/v1/nodes/{node}"))?;
+        // While the agent writes an image, a bar of the bytes written.
+        let report = &current["driver_internal_info"]["deploy_progress"];
+        match (
+            report["bytes_done"].as_u64(),
+            report["bytes_total"].as_u64(),
+        ) {
+            (Some(done), Some(total)) if total > 0 => {
+                if !bytes_shown {
+                    bar.set_style(ProgressStyle::with_template(
+                        "{spinner} [{elapsed}] {prefix}: [{bar:30}] {msg}",
+                    )?);
+                    bytes_shown = true;
+                }
+                bar.set_length(total);
+                bar.set_position(done.min(total));
+            }
+            _ if bytes_shown => {
+                bar.set_style(ProgressStyle::with_template(
+                    "{spinner} [{elapsed}] {prefix}: {msg}",
+                )?);
+                bytes_shown = false;
+            }
+            _ => {}
+        }
         bar.set_message(line(&current));
         match verdict(&current, expect) {
             Verdict::Pending => {}
