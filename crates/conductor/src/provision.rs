@@ -1,6 +1,8 @@
 //! Provision verbs and the background work they start.
 
-use crate::steps::{is_reserved, manual_steps, merge_steps};
+use crate::steps::{
+    is_reserved, manual_steps_allowing, merge_steps, merge_steps_allowing, replan, with_agent_steps,
+};
 use crate::{Conductor, ConductorError};
 use ferric_drivers::{AgentStepState, DriverError, NodeDriver, StepContext, StepKind, StepOutcome};
 use ferric_state_machine::{next, Action, Event, Verb};
@@ -57,6 +59,21 @@ enum Work {
 
 const STEP_LIST_KEY: &str = "steps";
 const STEP_INDEX_KEY: &str = "step_index";
+/// The operator's steps of an automated run, kept to merge them again with
+/// the agent's steps.
+const STEP_REQUESTED_KEY: &str = "steps_requested";
+
+/// Where the steps an agent offered are kept for the operation (Ironic's
+/// `agent_cached_clean_steps`, ...).
+fn agent_steps_key(kind: StepKind) -> String {
+    format!("agent_cached_{}_steps", kind.as_str())
+}
+
+/// Steps of the deploy interface may name agent steps not known before the
+/// agent is up; they are checked when it tells its steps.
+fn agent_may_offer(driver: &NodeDriver) -> Option<StepInterface> {
+    driver.deploy.uses_agent().then_some(StepInterface::Deploy)
+}
 
 fn internal_key(kind: StepKind, what: &str) -> String {
     format!("{}_{what}", kind.as_str())
@@ -79,6 +96,9 @@ fn clear_step_state(node: &mut Node) {
             .remove(&internal_key(kind, STEP_LIST_KEY));
         node.driver_internal_info
             .remove(&internal_key(kind, STEP_INDEX_KEY));
+        node.driver_internal_info
+            .remove(&internal_key(kind, STEP_REQUESTED_KEY));
+        node.driver_internal_info.remove(&agent_steps_key(kind));
     }
 }
 
@@ -168,9 +188,13 @@ impl Conductor {
                 driver.deploy.validate(node).map_err(invalid)?;
                 driver.boot.validate(node).map_err(invalid)?;
                 let requested = request.deploy_steps.clone().unwrap_or_default();
-                let steps =
-                    merge_steps("deploy", &driver.deploy.steps(StepKind::Deploy), &requested)
-                        .map_err(ConductorError::InvalidParameter)?;
+                let steps = merge_steps_allowing(
+                    "deploy",
+                    &driver.deploy.steps(StepKind::Deploy),
+                    &requested,
+                    agent_may_offer(&driver),
+                )
+                .map_err(ConductorError::InvalidParameter)?;
                 match &request.configdrive {
                     Some(cd) if !is_empty_configdrive(cd) => {
                         node.instance_info.insert("configdrive".into(), cd.clone());
@@ -181,6 +205,12 @@ impl Conductor {
                 }
                 clear_step_state(node);
                 store_steps(node, StepKind::Deploy, &steps);
+                if !requested.is_empty() {
+                    node.driver_internal_info.insert(
+                        internal_key(StepKind::Deploy, STEP_REQUESTED_KEY),
+                        serde_json::to_value(&requested).unwrap_or(Value::Null),
+                    );
+                }
             }
             Action::Clean if transition.target == Some(ProvisionState::Manageable) => {
                 let requested = request.clean_steps.clone().ok_or_else(|| {
@@ -188,9 +218,13 @@ impl Conductor {
                         "clean_steps is required for manual cleaning".to_string(),
                     )
                 })?;
-                let steps =
-                    manual_steps("clean", &driver.deploy.steps(StepKind::Clean), &requested)
-                        .map_err(ConductorError::InvalidParameter)?;
+                let steps = manual_steps_allowing(
+                    "clean",
+                    &driver.deploy.steps(StepKind::Clean),
+                    &requested,
+                    agent_may_offer(&driver),
+                )
+                .map_err(ConductorError::InvalidParameter)?;
                 clear_step_state(node);
                 store_steps(node, StepKind::Clean, &steps);
             }
@@ -204,10 +238,11 @@ impl Conductor {
                         "service_steps is required for servicing".to_string(),
                     )
                 })?;
-                let steps = manual_steps(
+                let steps = manual_steps_allowing(
                     "service",
                     &driver.deploy.steps(StepKind::Service),
                     &requested,
+                    agent_may_offer(&driver),
                 )
                 .map_err(ConductorError::InvalidParameter)?;
                 clear_step_state(node);
@@ -684,9 +719,83 @@ impl Conductor {
             Ok(AgentStepState::Failed(message)) => Outcome::Failed(message),
             Err(e) => Outcome::Failed(e.to_string()),
         };
+        let decided = match decided {
+            Outcome::Resume => match self.add_agent_steps(&mut node, &driver, kind).await {
+                Ok(()) => Outcome::Resume,
+                Err(message) => Outcome::Failed(message),
+            },
+            other => other,
+        };
         tracing::info!(node = %uuid, "the agent called back; going on");
         let conductor = self.clone();
         tokio::spawn(async move { conductor.run(node, driver, Work::Decided(decided)).await });
+    }
+}
+
+impl Conductor {
+    /// The first time the agent of an operation calls back: asks it for its
+    /// steps and chooses the steps still to run again, with the agent's
+    /// among them (a manual run: checks the operator's steps exist).
+    async fn add_agent_steps(
+        &self,
+        node: &mut Node,
+        driver: &NodeDriver,
+        kind: StepKind,
+    ) -> Result<(), String> {
+        if node
+            .driver_internal_info
+            .contains_key(&agent_steps_key(kind))
+        {
+            return Ok(());
+        }
+        let agent = match driver.deploy.agent_steps(node, kind).await {
+            Ok(Some(steps)) => steps,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Err(format!(
+                    "could not get the agent's {} steps: {e}",
+                    kind.as_str()
+                ))
+            }
+        };
+        node.driver_internal_info.insert(
+            agent_steps_key(kind),
+            serde_json::to_value(&agent).unwrap_or(Value::Null),
+        );
+        let stored: Vec<Step> = node
+            .driver_internal_info
+            .get(&internal_key(kind, STEP_LIST_KEY))
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| format!("stored {} steps are corrupt: {e}", kind.as_str()))?
+            .unwrap_or_default();
+        let requested: Vec<Step> = node
+            .driver_internal_info
+            .get(&internal_key(kind, STEP_REQUESTED_KEY))
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| format!("stored {} steps are corrupt: {e}", kind.as_str()))?
+            .unwrap_or_default();
+        let done = node
+            .driver_internal_info
+            .get(&internal_key(kind, STEP_INDEX_KEY))
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as usize;
+        let manual = match kind {
+            StepKind::Deploy => false,
+            StepKind::Clean => node.target_provision_state == Some(ProvisionState::Manageable),
+            StepKind::Service => true,
+        };
+        let offered = with_agent_steps(&driver.deploy.steps(kind), &agent);
+        let steps = replan(kind.as_str(), &offered, &stored, done, &requested, manual)?;
+        node.driver_internal_info.insert(
+            internal_key(kind, STEP_LIST_KEY),
+            serde_json::to_value(&steps).unwrap_or(Value::Array(Vec::new())),
+        );
+        tracing::info!(node = %node.uuid, kind = kind.as_str(), steps = steps.len(), "steps chosen again with the agent's");
+        Ok(())
     }
 }
 

@@ -1,7 +1,7 @@
 //! Choosing and ordering deploy, clean and service steps, as Ironic does.
 
 use ferric_drivers::StepDefinition;
-use ferric_types::Step;
+use ferric_types::{Step, StepInterface};
 use serde_json::Map;
 
 /// Step names the conductor runs itself, on any interface, as Ironic does:
@@ -39,6 +39,18 @@ pub fn merge_steps(
     offered: &[StepDefinition],
     requested: &[Step],
 ) -> Result<Vec<Step>, String> {
+    merge_steps_allowing(kind, offered, requested, None)
+}
+
+/// [`merge_steps`], accepting requested steps of `unknown_ok` the driver
+/// does not offer yet: steps of an agent that has not booted, checked by
+/// [`replan`] once it told its steps.
+pub fn merge_steps_allowing(
+    kind: &str,
+    offered: &[StepDefinition],
+    requested: &[Step],
+    unknown_ok: Option<StepInterface>,
+) -> Result<Vec<Step>, String> {
     let mut steps: Vec<Step> = offered
         .iter()
         .map(|d| Step {
@@ -49,7 +61,7 @@ pub fn merge_steps(
         })
         .collect();
     for wanted in requested {
-        if find(offered, wanted).is_none() {
+        if find(offered, wanted).is_none() && unknown_ok != Some(wanted.interface) {
             return Err(unsupported(kind, wanted));
         }
         let priority = wanted
@@ -91,15 +103,81 @@ pub fn manual_steps(
     offered: &[StepDefinition],
     requested: &[Step],
 ) -> Result<Vec<Step>, String> {
+    manual_steps_allowing(kind, offered, requested, None)
+}
+
+/// [`manual_steps`], accepting steps of `unknown_ok` the driver does not
+/// offer yet (see [`merge_steps_allowing`]).
+pub fn manual_steps_allowing(
+    kind: &str,
+    offered: &[StepDefinition],
+    requested: &[Step],
+    unknown_ok: Option<StepInterface>,
+) -> Result<Vec<Step>, String> {
     if requested.is_empty() {
         return Err(format!("No {kind} steps were given"));
     }
     for wanted in requested {
-        if find(offered, wanted).is_none() && !is_reserved(wanted) {
+        if find(offered, wanted).is_none()
+            && !is_reserved(wanted)
+            && unknown_ok != Some(wanted.interface)
+        {
             return Err(unsupported(kind, wanted));
         }
     }
     Ok(requested.to_vec())
+}
+
+/// The interface's steps joined with its agent's: an agent's step replaces
+/// the interface's own of the same interface and name.
+pub fn with_agent_steps(
+    offered: &[StepDefinition],
+    agent: &[StepDefinition],
+) -> Vec<StepDefinition> {
+    let mut all: Vec<StepDefinition> = offered
+        .iter()
+        .filter(|d| {
+            !agent
+                .iter()
+                .any(|a| a.interface == d.interface && a.step == d.step)
+        })
+        .cloned()
+        .collect();
+    all.extend(agent.iter().cloned());
+    all
+}
+
+/// Once the agent told its steps: the whole step list again, the first
+/// `done` steps (already run) kept as they are. A manual run keeps the
+/// operator's steps, each of which must now be offered; an automated run
+/// is merged again from every step offered and the operator's `requested`
+/// overrides, less what already ran.
+pub fn replan(
+    kind: &str,
+    offered: &[StepDefinition],
+    stored: &[Step],
+    done: usize,
+    requested: &[Step],
+    manual: bool,
+) -> Result<Vec<Step>, String> {
+    let done = done.min(stored.len());
+    if manual {
+        for wanted in &stored[done..] {
+            if find(offered, wanted).is_none() && !is_reserved(wanted) {
+                return Err(format!("{} (nor by its agent)", unsupported(kind, wanted)));
+            }
+        }
+        return Ok(stored.to_vec());
+    }
+    let merged =
+        merge_steps(kind, offered, requested).map_err(|e| format!("{e} (nor by its agent)"))?;
+    let ran = &stored[..done];
+    let mut steps = ran.to_vec();
+    steps.extend(merged.into_iter().filter(|s| {
+        !ran.iter()
+            .any(|r| r.interface == s.interface && r.step == s.step)
+    }));
+    Ok(steps)
 }
 
 #[cfg(test)]
@@ -201,5 +279,61 @@ mod tests {
         assert_eq!(names(&steps), ["erase_devices", "erase_devices_metadata"]);
         assert!(manual_steps("clean", &offered, &[]).is_err());
         assert!(manual_steps("clean", &offered, &[user(StepInterface::Raid, "x", 1)]).is_err());
+    }
+
+    #[test]
+    fn agent_steps_join_after_the_agent_is_up() {
+        let offered = [
+            def(StepInterface::Deploy, "deploy", 100),
+            def(StepInterface::Deploy, "write_image", 80),
+            def(StepInterface::Deploy, "erase_devices", 0),
+        ];
+        // The operator asks for an agent step nobody knows before boot, and
+        // disables write_image; both are allowed for an agent interface.
+        let requested = [
+            user(StepInterface::Deploy, "burn_in", 90),
+            user(StepInterface::Deploy, "write_image", 0),
+        ];
+        assert!(merge_steps("deploy", &offered, &requested).is_err());
+        let first =
+            merge_steps_allowing("deploy", &offered, &requested, Some(StepInterface::Deploy))
+                .unwrap();
+        assert_eq!(names(&first), ["deploy", "burn_in"]);
+        // The agent is up after "deploy": it offers burn_in and its own
+        // steps; one with a priority joins, the operator's choices stay.
+        let agent = [
+            def(StepInterface::Deploy, "burn_in", 0),
+            def(StepInterface::Deploy, "write_image", 80),
+            def(StepInterface::Deploy, "firmware_check", 95),
+        ];
+        let all = with_agent_steps(&offered, &agent);
+        let again = replan("deploy", &all, &first, 1, &requested, false).unwrap();
+        assert_eq!(names(&again), ["deploy", "firmware_check", "burn_in"]);
+        // A step the agent does not offer either fails the run.
+        let missing = [user(StepInterface::Deploy, "nothing_like_it", 90)];
+        let err = replan("deploy", &all, &first, 1, &missing, false).unwrap_err();
+        assert!(
+            err.contains("nothing_like_it") && err.contains("agent"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn manual_agent_steps_are_checked_once_the_agent_is_up() {
+        let offered = [def(StepInterface::Deploy, "erase_devices", 0)];
+        let mut wanted = user(StepInterface::Deploy, "flash_bios", 0);
+        wanted.priority = None;
+        let steps = manual_steps_allowing(
+            "clean",
+            &offered,
+            std::slice::from_ref(&wanted),
+            Some(StepInterface::Deploy),
+        )
+        .unwrap();
+        let agent = [def(StepInterface::Deploy, "flash_bios", 0)];
+        let all = with_agent_steps(&offered, &agent);
+        assert_eq!(replan("clean", &all, &steps, 0, &[], true).unwrap(), steps);
+        let err = replan("clean", &offered, &steps, 0, &[], true).unwrap_err();
+        assert!(err.contains("flash_bios"), "{err}");
     }
 }

@@ -204,6 +204,18 @@ pub trait DeployInterface: Send + Sync {
     ) -> Result<AgentStepState, DriverError> {
         Ok(AgentStepState::Finished)
     }
+    /// The steps of `kind` the node's agent offers (its get_clean_steps or
+    /// get_deploy_steps), asked once the agent is up; `None` when this
+    /// interface has no agent. They join [`Self::steps`] (an agent's step
+    /// replaces the interface's own of the same name), and operators may
+    /// request them.
+    async fn agent_steps(
+        &self,
+        _node: &mut Node,
+        _kind: StepKind,
+    ) -> Result<Option<Vec<StepDefinition>>, DriverError> {
+        Ok(None)
+    }
     /// Removes what a deployment left (boot configuration, instance info).
     async fn tear_down(&self, node: &mut Node) -> Result<(), DriverError>;
 }
