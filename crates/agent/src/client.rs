@@ -3,7 +3,12 @@
 //!
 //! Requests carry IPA's microversions: 1.62 for lookup, 1.68 for heartbeats
 //! (agent_version and agent_verify_ca). The token is never logged.
+//!
+//! Over https the conductor is verified as [`ClientTls`] says (IPA's
+//! `insecure`, `cafile`, and `certfile` + `keyfile` for a client
+//! certificate).
 
+use crate::tls::ClientTls;
 use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
@@ -74,6 +79,8 @@ pub struct Heartbeat {
     pub callback_url: String,
     pub agent_token: String,
     pub agent_version: String,
+    /// The PEM certificate (or chain) of the agent's command API, which the
+    /// conductor pins and trusts alone; None when the API is plain HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_verify_ca: Option<String>,
 }
@@ -86,9 +93,17 @@ pub struct ConductorClient {
 }
 
 impl ConductorClient {
+    /// A client that verifies an https conductor with the system's CAs.
     pub fn new(api_url: &str) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+        Self::with_tls(api_url, &ClientTls::default())
+    }
+
+    /// A client that verifies an https conductor, and identifies itself to
+    /// it, as `tls` says.
+    pub fn with_tls(api_url: &str, tls: &ClientTls) -> Result<Self, ClientError> {
+        let builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        let http = tls
+            .configure(builder)
             .build()
             .map_err(|source| ClientError::Unreachable {
                 url: api_url.to_string(),

@@ -1,5 +1,14 @@
 //! The agent's settings: kernel command line (IPA's parameter names), then a
 //! config file, then flags, each overriding the one before.
+//!
+//! TLS follows IPA: the command API is served over TLS with a certificate
+//! generated at start (`enable_auto_tls`, on by default) or from files
+//! (`listen_tls`); the agent's clients honour `insecure`, `cafile`,
+//! `certfile` and `keyfile`. IPA reads `enable_auto_tls`, `cafile`,
+//! `certfile` and `keyfile` only from its config file; this agent also takes
+//! them from the kernel command line as `ipa-enable-auto-tls`, `ipa-cafile`,
+//! `ipa-certfile` and `ipa-keyfile`. `listen_tls` and its files are config
+//! file settings only, as in IPA.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -13,8 +22,37 @@ use std::time::Duration;
 pub struct AgentConfig {
     /// The conductor's API (`ipa-api-url`). Required unless standalone.
     pub api_url: Option<String>,
-    /// Do not verify the conductor's TLS certificate (`ipa-insecure`).
+    /// Do not verify the TLS certificates of the conductor and of image
+    /// servers (`ipa-insecure`). Default false.
     pub insecure: bool,
+    /// A PEM bundle of the CAs trusted by the agent's clients (conductor,
+    /// image servers) instead of the system's (`ipa-cafile`; IPA's `cafile`).
+    pub cafile: Option<PathBuf>,
+    /// A PEM client certificate presented to the conductor and image servers
+    /// (`ipa-certfile`; IPA's `certfile`). Needs `keyfile`.
+    pub certfile: Option<PathBuf>,
+    /// The PEM private key of `certfile` (`ipa-keyfile`; IPA's `keyfile`).
+    pub keyfile: Option<PathBuf>,
+    /// Serve the command API over TLS with a certificate generated at start
+    /// for the advertised host, sent to the conductor in heartbeats
+    /// (`ipa-enable-auto-tls`; IPA's `enable_auto_tls`). Default true; only
+    /// when the agent has a conductor (not standalone).
+    pub enable_auto_tls: bool,
+    /// Serve the command API over TLS with `tls_cert_file` and
+    /// `tls_key_file` (IPA's `listen_tls`; config file only). Default false.
+    /// The certificates of `tls_cert_file` are sent as `agent_verify_ca`, and
+    /// the conductor trusts only them: give a self-signed certificate or the
+    /// chain up to its CA.
+    pub listen_tls: bool,
+    /// The command API's PEM certificate chain, leaf first (IPA's
+    /// `tls_cert_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// The command API's PEM private key (IPA's `tls_key_file`).
+    pub tls_key_file: Option<PathBuf>,
+    /// The scheme of the callback URL when the agent serves plain HTTP, e.g.
+    /// `https` behind a TLS-terminating proxy (`ipa-advertise-protocol`).
+    /// An agent serving TLS always advertises `https`. Default `http`.
+    pub advertise_protocol: Option<Protocol>,
     /// Verbose logs (`ipa-debug`).
     pub debug: bool,
     /// No lookup or heartbeat: the command API only (`ipa-standalone`).
@@ -43,6 +81,14 @@ impl Default for AgentConfig {
         AgentConfig {
             api_url: None,
             insecure: false,
+            cafile: None,
+            certfile: None,
+            keyfile: None,
+            enable_auto_tls: true,
+            listen_tls: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            advertise_protocol: None,
             debug: false,
             standalone: false,
             agent_token: None,
@@ -53,6 +99,34 @@ impl Default for AgentConfig {
             step_dir: None,
         }
     }
+}
+
+/// The scheme of the agent's callback URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    Https,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+        }
+    }
+}
+
+/// How the command API is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServeTls {
+    /// Plain HTTP.
+    Off,
+    /// TLS with a certificate generated for the advertised host.
+    Generated,
+    /// TLS with the operator's certificate and key.
+    Files { cert: PathBuf, key: PathBuf },
 }
 
 mod seconds {
@@ -82,6 +156,8 @@ pub enum ConfigError {
     BadFile { path: String, message: String },
     #[error("ipa-api-url is required unless the agent runs standalone")]
     NoApiUrl,
+    #[error("{0}")]
+    Incomplete(&'static str),
 }
 
 /// `key=value` words of a kernel command line (`key` alone means "1").
@@ -114,6 +190,17 @@ impl AgentConfig {
             match name.as_str() {
                 "ipa-api-url" => self.api_url = Some(value.clone()),
                 "ipa-insecure" => self.insecure = truthy(value),
+                "ipa-cafile" => self.cafile = Some(PathBuf::from(value)),
+                "ipa-certfile" => self.certfile = Some(PathBuf::from(value)),
+                "ipa-keyfile" => self.keyfile = Some(PathBuf::from(value)),
+                "ipa-enable-auto-tls" => self.enable_auto_tls = truthy(value),
+                "ipa-advertise-protocol" => {
+                    self.advertise_protocol = Some(match value.as_str() {
+                        "http" => Protocol::Http,
+                        "https" => Protocol::Https,
+                        _ => return Err(bad(name, value, "not http or https")),
+                    });
+                }
                 "ipa-debug" => self.debug = truthy(value),
                 "ipa-standalone" => self.standalone = truthy(value),
                 "ipa-agent-token" => self.agent_token = Some(value.clone()),
@@ -173,7 +260,43 @@ impl AgentConfig {
         if !self.standalone && self.api_url.is_none() {
             return Err(ConfigError::NoApiUrl);
         }
+        if self.certfile.is_some() != self.keyfile.is_some() {
+            // IPA ignores one without the other, with a warning; an agent
+            // that silently drops its client certificate is worse.
+            return Err(ConfigError::Incomplete(
+                "certfile and keyfile (ipa-certfile, ipa-keyfile) go together",
+            ));
+        }
+        if self.listen_tls && (self.tls_cert_file.is_none() || self.tls_key_file.is_none()) {
+            return Err(ConfigError::Incomplete(
+                "listen_tls needs tls_cert_file and tls_key_file",
+            ));
+        }
         Ok(())
+    }
+
+    /// How the command API is served: the operator's certificate with
+    /// `listen_tls`, else a generated one unless automatic TLS is off or
+    /// there is no conductor to tell its certificate to (as IPA does).
+    pub fn serve_tls(&self) -> ServeTls {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) if self.listen_tls => ServeTls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ if self.enable_auto_tls && !self.listen_tls && !self.standalone => {
+                ServeTls::Generated
+            }
+            _ => ServeTls::Off,
+        }
+    }
+
+    /// The scheme of the callback URL when the API is served as `serve`.
+    pub fn callback_protocol(&self, serve: &ServeTls) -> Protocol {
+        match serve {
+            ServeTls::Off => self.advertise_protocol.unwrap_or(Protocol::Http),
+            ServeTls::Generated | ServeTls::Files { .. } => Protocol::Https,
+        }
     }
 }
 
@@ -183,6 +306,20 @@ struct CurrentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     api_url: Option<String>,
     insecure: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cafile: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certfile: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keyfile: Option<PathBuf>,
+    enable_auto_tls: bool,
+    listen_tls: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise_protocol: Option<Protocol>,
     debug: bool,
     standalone: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,6 +338,14 @@ impl From<&AgentConfig> for CurrentView {
         CurrentView {
             api_url: c.api_url.clone(),
             insecure: c.insecure,
+            cafile: c.cafile.clone(),
+            certfile: c.certfile.clone(),
+            keyfile: c.keyfile.clone(),
+            enable_auto_tls: c.enable_auto_tls,
+            listen_tls: c.listen_tls,
+            tls_cert_file: c.tls_cert_file.clone(),
+            tls_key_file: c.tls_key_file.clone(),
+            advertise_protocol: c.advertise_protocol,
             debug: c.debug,
             standalone: c.standalone,
             agent_token: c.agent_token.clone(),
@@ -250,5 +395,65 @@ mod tests {
         std::fs::write(&path, "colour = \"red\"\n").unwrap();
         let err = c.apply_file(&path).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn tls_is_automatic_unless_turned_off() {
+        let mut c = AgentConfig::default();
+        c.apply_kernel_cmdline("ipa-api-url=https://10.0.0.1:6385")
+            .unwrap();
+        assert_eq!(c.serve_tls(), ServeTls::Generated);
+        assert_eq!(c.callback_protocol(&c.serve_tls()), Protocol::Https);
+        // IPA's agents pass ipa-advertise-protocol=http and still get TLS.
+        c.apply_kernel_cmdline("ipa-advertise-protocol=http")
+            .unwrap();
+        assert_eq!(c.callback_protocol(&c.serve_tls()), Protocol::Https);
+        c.apply_kernel_cmdline("ipa-enable-auto-tls=0 ipa-advertise-protocol=https")
+            .unwrap();
+        assert_eq!(c.serve_tls(), ServeTls::Off);
+        assert_eq!(c.callback_protocol(&ServeTls::Off), Protocol::Https);
+        assert!(c
+            .apply_kernel_cmdline("ipa-advertise-protocol=ftp")
+            .is_err());
+
+        let standalone = AgentConfig {
+            standalone: true,
+            ..AgentConfig::default()
+        };
+        assert_eq!(standalone.serve_tls(), ServeTls::Off);
+        assert_eq!(standalone.callback_protocol(&ServeTls::Off), Protocol::Http);
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let mut c = AgentConfig::default();
+        c.apply_kernel_cmdline(
+            "ipa-api-url=http://x:6385 ipa-cafile=/etc/ca.pem ipa-certfile=/etc/c.pem",
+        )
+        .unwrap();
+        assert_eq!(c.cafile.as_deref(), Some(Path::new("/etc/ca.pem")));
+        let err = c.check().unwrap_err();
+        assert!(err.to_string().contains("keyfile"), "{err}");
+        std::fs::write(
+            &path,
+            "keyfile = \"/etc/c.key\"\nlisten_tls = true\ntls_cert_file = \"/etc/api.pem\"\n",
+        )
+        .unwrap();
+        c.apply_file(&path).unwrap();
+        let err = c.check().unwrap_err();
+        assert!(err.to_string().contains("tls_key_file"), "{err}");
+        std::fs::write(&path, "tls_key_file = \"/etc/api.key\"\n").unwrap();
+        c.apply_file(&path).unwrap();
+        c.check().unwrap();
+        assert_eq!(
+            c.serve_tls(),
+            ServeTls::Files {
+                cert: "/etc/api.pem".into(),
+                key: "/etc/api.key".into()
+            }
+        );
+        assert!(c.listen_tls && c.certfile.is_some());
     }
 }

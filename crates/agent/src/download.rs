@@ -15,14 +15,18 @@
 //!   download fails with a message saying so;
 //! - a checksum given as a URL is fetched and the image's line picked out.
 //!
-//! Only `http://` is supported: the agent is built without TLS support, so
-//! `https://` is refused with a clear message rather than failing obscurely.
-//! `file://` is refused too (see SECURITY.md: local files need an allow-list
-//! with symlinks resolved; `file:///dev/zero` hangs a checksum).
+//! `http://` and `https://` are supported. Over https the server is
+//! verified as the agent's [`ClientTls`] says, the same settings as for the
+//! conductor, as IPA does: `insecure` turns verification off, `cafile`
+//! replaces the system's CAs (a ramdisk usually has none), `certfile` +
+//! `keyfile` give a client certificate. `file://` is refused (see
+//! SECURITY.md: local files need an allow-list with symlinks resolved;
+//! `file:///dev/zero` hangs a checksum).
 
 use std::io::{self, Read};
 use std::time::Duration;
 
+use crate::tls::ClientTls;
 use ferric_image::checksum::Checksum;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED};
@@ -97,6 +101,8 @@ pub struct DownloadOptions {
     /// Pause before each retry. Default 10 s.
     pub retry_interval: Duration,
     pub proxies: Proxies,
+    /// How https servers are verified. Default: the system's CAs.
+    pub tls: ClientTls,
 }
 
 impl Default for DownloadOptions {
@@ -107,6 +113,7 @@ impl Default for DownloadOptions {
             retries: 9,
             retry_interval: Duration::from_secs(10),
             proxies: Proxies::default(),
+            tls: ClientTls::default(),
         }
     }
 }
@@ -214,28 +221,25 @@ pub fn redact(url: &str) -> String {
     format!("{scheme}{host}{path}{hidden}")
 }
 
-/// Refuses everything but `http://` (see the module documentation).
+/// Refuses everything but `http://` and `https://` (see the module
+/// documentation).
 pub fn check_url(url: &str) -> Result<(), DownloadError> {
     let lower = url.trim().to_ascii_lowercase();
     let unsupported = |reason| DownloadError::UnsupportedUrl {
         url: redact(url),
         reason,
     };
-    if lower.starts_with("http://") {
-        reqwest::Url::parse(url.trim())
-            .map(|_| ())
-            .map_err(|_| unsupported("it is not a valid URL"))
-    } else if lower.starts_with("https://") {
-        Err(unsupported(
-            "this agent is built without TLS support; serve the image over http:// \
-             (with a checksum) or use an agent built with TLS",
-        ))
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        match reqwest::Url::parse(url.trim()) {
+            Ok(parsed) if parsed.host().is_some() => Ok(()),
+            _ => Err(unsupported("it is not a valid URL")),
+        }
     } else if lower.starts_with("file://") {
         Err(unsupported(
             "local file sources are refused by this agent (no allow-list is configured)",
         ))
     } else {
-        Err(unsupported("only http:// URLs are supported"))
+        Err(unsupported("only http:// and https:// URLs are supported"))
     }
 }
 
@@ -257,6 +261,7 @@ fn client(options: &DownloadOptions) -> Result<Client, DownloadError> {
         // In the blocking client this bounds the wait for the response
         // headers and each read of the body: a stall timeout, not a total.
         .timeout(options.stall_timeout);
+    builder = options.tls.configure_blocking(builder);
     if let Some(url) = &proxies.http {
         builder = builder.proxy(proxy("proxies.http", url, |u| Proxy::http(u))?);
     }
@@ -625,10 +630,10 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn only_http_is_accepted() {
+    fn only_http_and_https_are_accepted() {
         assert!(check_url("http://10.0.0.1/image.raw").is_ok());
-        let https = check_url("https://example.com/image.raw").unwrap_err();
-        assert!(https.to_string().contains("without TLS"), "{https}");
+        assert!(check_url("HTTPS://example.com/image.raw").is_ok());
+        assert!(check_url("https://").is_err());
         let file = check_url("file:///dev/zero").unwrap_err();
         assert!(file.to_string().contains("local file"), "{file}");
         assert!(check_url("ftp://example.com/x").is_err());

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 /// ferric-agent: the deploy agent in the ramdisk. Settings come from the
 /// kernel command line (IPA's names: ipa-api-url, ipa-insecure, ipa-debug,
 /// ipa-standalone, ipa-agent-token, ...), then --config, then these flags.
+/// The command API is served over TLS with a generated certificate unless
+/// --no-tls or standalone.
 #[derive(Debug, Parser)]
 #[command(name = "ferric-agent", version)]
 struct Args {
@@ -41,6 +43,25 @@ struct Args {
     /// A directory of operator step definitions (ferric-step-dir).
     #[arg(long)]
     step_dir: Option<PathBuf>,
+    /// Serve the command API over plain HTTP: no generated certificate
+    /// (enable_auto_tls = false) and no listen_tls.
+    #[arg(long)]
+    no_tls: bool,
+    /// Do not verify the TLS certificates of the conductor and image
+    /// servers (ipa-insecure).
+    #[arg(long)]
+    insecure: bool,
+    /// Trust only the CAs of this PEM bundle for the conductor and image
+    /// servers (ipa-cafile).
+    #[arg(long)]
+    cafile: Option<PathBuf>,
+    /// A PEM client certificate for the conductor and image servers
+    /// (ipa-certfile); needs --keyfile.
+    #[arg(long)]
+    certfile: Option<PathBuf>,
+    /// The private key of --certfile (ipa-keyfile).
+    #[arg(long)]
+    keyfile: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +92,20 @@ fn main() -> ExitCode {
     }
     if let Some(host) = args.advertise_host {
         config.advertise_host = Some(host);
+    }
+    if args.no_tls {
+        config.enable_auto_tls = false;
+        config.listen_tls = false;
+    }
+    config.insecure |= args.insecure;
+    if let Some(path) = args.cafile {
+        config.cafile = Some(path);
+    }
+    if let Some(path) = args.certfile {
+        config.certfile = Some(path);
+    }
+    if let Some(path) = args.keyfile {
+        config.keyfile = Some(path);
     }
     let options = ferric_agent::run::RunOptions {
         macs: args.macs,

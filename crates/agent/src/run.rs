@@ -1,11 +1,15 @@
-//! The agent's life: serve the command API, look the node up, heartbeat
-//! until stopped.
+//! The agent's life: serve the command API (over TLS with a certificate
+//! made for the advertised host, unless configured otherwise), look the node
+//! up, heartbeat with the callback URL and certificate until stopped.
 
 use crate::client::{heartbeat_interval, ConductorClient, Heartbeat};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, ServeTls};
+use crate::deploy::DeployOptions;
+use crate::download::DownloadOptions;
 use crate::inventory::{self, Filter};
 use crate::server::{self, CommandApi};
 use crate::standard::{Disks, StandardHandler};
+use crate::tls::{ClientTls, ServerIdentity, TlsListener};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,27 +88,70 @@ async fn run(config: AgentConfig, options: RunOptions) -> anyhow::Result<()> {
         .step_dir
         .clone()
         .or_else(|| default_steps.is_dir().then_some(default_steps));
-    let handler = StandardHandler::new(disks).with_step_dir(step_dir)?;
+    // The agent's clients (conductor, image servers) share one TLS setting.
+    let client_tls = ClientTls::from_config(&config)?;
+    if client_tls.is_insecure() {
+        tracing::warn!(
+            "TLS certificates of the conductor and image servers are not verified (ipa-insecure)"
+        );
+    }
+    let deploy_options = DeployOptions {
+        download: DownloadOptions {
+            tls: client_tls.clone(),
+            ..DownloadOptions::default()
+        },
+        ..DeployOptions::default()
+    };
+    let handler = StandardHandler::new(disks)
+        .with_step_dir(step_dir)?
+        .with_deploy_options(deploy_options);
     // The write_image step shows its progress in its RUNNING command.
     let running = handler.running_result();
     let handler = Arc::new(handler);
+    let serve_tls = config.serve_tls();
     let api = if config.standalone {
         CommandApi::new(handler, None, VERSION)
     } else {
         CommandApi::awaiting_token(handler, VERSION)
     }
-    .with_running_result(running);
+    .with_running_result(running)
+    .with_tls(serve_tls != ServeTls::Off);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, standalone = config.standalone, "{VERSION} serving the command API");
+    // The certificate names the advertised host, so it is settled first
+    // (IPA does the same before it starts its API).
+    let host = advertised_host(&config, local);
+    let identity = match &serve_tls {
+        ServeTls::Off => None,
+        ServeTls::Generated => {
+            tracing::info!(%host, "generating the command API's TLS certificate");
+            Some(ServerIdentity::generate(&host)?)
+        }
+        ServeTls::Files { cert, key } => Some(ServerIdentity::from_files(cert, key)?),
+    };
+    tracing::info!(listen = %local, standalone = config.standalone, tls = identity.is_some(), "{VERSION} serving the command API");
     let app = server::router(api.clone());
-    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let serving = match &identity {
+        None => tokio::spawn(async move { axum::serve(listener, app).await }),
+        Some(identity) => {
+            let listener = TlsListener::new(listener, identity.server_config()?)?;
+            tokio::spawn(async move { axum::serve(listener, app).await })
+        }
+    };
 
     if !config.standalone {
         let api_url = config.api_url.clone().unwrap_or_default();
-        let conductor = ConductorClient::new(&api_url)?;
+        let conductor = ConductorClient::with_tls(&api_url, &client_tls)?;
+        let callback = Callback {
+            url: format!(
+                "{}://{host}:{}",
+                config.callback_protocol(&serve_tls).as_str(),
+                local.port()
+            ),
+            verify_ca: identity.map(|i| i.certificate_pem),
+        };
         let lifecycle = tokio::spawn(lookup_and_heartbeat(
-            conductor, api, config, options, local, sys_root,
+            conductor, api, config, options, callback, sys_root,
         ));
         tokio::select! {
             done = lifecycle => done??,
@@ -167,12 +214,35 @@ fn local_address_towards(api_url: &str) -> Option<std::net::IpAddr> {
     Some(socket.local_addr().ok()?.ip())
 }
 
+/// The host the conductor reaches the agent at: `advertise_host`, else the
+/// address of the interface that reaches the conductor, else the address
+/// listened on.
+fn advertised_host(config: &AgentConfig, local: SocketAddr) -> String {
+    match &config.advertise_host {
+        Some(h) => h.clone(),
+        None => local_address_towards(config.api_url.as_deref().unwrap_or(""))
+            .map(|ip| match ip {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                v4 => v4.to_string(),
+            })
+            .unwrap_or_else(|| local.ip().to_string()),
+    }
+}
+
+/// What heartbeats tell the conductor about the command API.
+#[derive(Debug, Clone)]
+struct Callback {
+    url: String,
+    /// The API's certificate (PEM), when it is served over TLS.
+    verify_ca: Option<String>,
+}
+
 async fn lookup_and_heartbeat(
     conductor: ConductorClient,
     api: CommandApi,
     config: AgentConfig,
     options: RunOptions,
-    local: SocketAddr,
+    callback: Callback,
     sys_root: PathBuf,
 ) -> anyhow::Result<()> {
     let macs = if options.macs.is_empty() {
@@ -184,7 +254,7 @@ async fn lookup_and_heartbeat(
     // The conductor forgets the token when an operation ends; an agent that
     // stays up (as in fast track) looks itself up again for the next one.
     loop {
-        serve_one_operation(&conductor, &api, &config, &macs, local).await?;
+        serve_one_operation(&conductor, &api, &config, &macs, &callback).await?;
         api.set_token(None);
         tracing::info!("the conductor no longer takes this agent's token; looking up again");
     }
@@ -196,7 +266,7 @@ async fn serve_one_operation(
     api: &CommandApi,
     config: &AgentConfig,
     macs: &[String],
-    local: SocketAddr,
+    callback: &Callback,
 ) -> anyhow::Result<()> {
     tracing::info!(macs = ?macs, "looking up this machine");
     let found = conductor
@@ -212,20 +282,11 @@ async fn serve_one_operation(
         )
         })?;
     api.set_token(Some(token.clone()));
-    let host = match &config.advertise_host {
-        Some(h) => h.clone(),
-        None => local_address_towards(config.api_url.as_deref().unwrap_or(""))
-            .map(|ip| match ip {
-                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-                v4 => v4.to_string(),
-            })
-            .unwrap_or_else(|| local.ip().to_string()),
-    };
     let beat = Heartbeat {
-        callback_url: format!("http://{host}:{}", local.port()),
+        callback_url: callback.url.clone(),
         agent_token: token,
         agent_version: VERSION.to_string(),
-        agent_verify_ca: None,
+        agent_verify_ca: callback.verify_ca.clone(),
     };
     tracing::info!(node = %found.node_uuid, callback = %beat.callback_url, "found my node; heartbeating");
     let mut finished = api.subscribe_finished();

@@ -170,8 +170,10 @@ async fn agent_looks_itself_up_and_heartbeats() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    let expected = format!("http://127.0.0.1:{port}");
-    loop {
+    // The agent serves its API over TLS with a certificate it made, which
+    // its heartbeat handed to the conductor.
+    let expected = format!("https://127.0.0.1:{port}");
+    let agent_ca = loop {
         let shown = call(reqwest::Method::GET, format!("/v1/nodes/{uuid}"), None).await;
         let dii = &shown["driver_internal_info"];
         if dii["agent_url"] == expected.as_str() {
@@ -180,13 +182,21 @@ async fn agent_looks_itself_up_and_heartbeats() {
                 .unwrap()
                 .starts_with("ferric-agent"));
             assert_eq!(dii["agent_secret_token"], "******");
-            break;
+            break dii["agent_verify_ca"].as_str().unwrap().to_string();
         }
         assert!(Instant::now() < deadline, "no heartbeat recorded: {shown}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    assert!(
+        agent_ca.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{agent_ca}"
+    );
+    let trusting = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(agent_ca.as_bytes()).unwrap())
+        .build()
+        .unwrap();
     // The agent now wants the token it received; without it, 401.
-    let resp = http
+    let resp = trusting
         .post(format!("{expected}/v1/commands/?wait=true"))
         .json(&json!({"name": "standby.sync", "params": {}}))
         .send()
