@@ -7,6 +7,9 @@
 //! keeps the disk's first MiB back until the checksum verified and wipes the
 //! partition tables on any failure. Unlike IPA, images declared raw are
 //! inspected too, and the checksum is checked before the disk can boot.
+//! With `stream_raw_images` false in image_info (IPA's switch), the image is
+//! downloaded to the spool directory and verified first, and written from
+//! there: the disk is not touched by a download that fails.
 //! Then the config drive goes into a partition at the end of the disk and
 //! the kernel is asked to re-read the partition table.
 
@@ -80,7 +83,9 @@ pub struct ImageInfo {
     pub disk_format: Option<String>,
     #[serde(default)]
     pub container_format: Option<String>,
-    /// Accepted for compatibility; images are always streamed.
+    /// IPA's switch: true (the default) streams the image to the disk as it
+    /// downloads; false downloads it to the spool directory first, verifies
+    /// it, and only then writes the disk.
     #[serde(default)]
     pub stream_raw_images: Option<bool>,
     #[serde(default)]
@@ -426,7 +431,7 @@ pub fn write_image(
             note: " (the disk is unchanged)",
             source: Box::new(source),
         })?;
-    let writer =
+    let open_writer = || {
         DiskWriter::open(Path::new(&device.name), WriterOptions::default()).map_err(|source| {
             DeployError::Write {
                 id: info.id.clone(),
@@ -434,20 +439,40 @@ pub fn write_image(
                 note: "",
                 source: Box::new(source),
             }
-        })?;
+        })
+    };
     let stream = StreamOptions {
-        checksum: Some(checksum),
+        checksum: Some(checksum.clone()),
         policy,
         spool_dir: Some(options.spool_dir.clone()),
         ..StreamOptions::default()
     };
     let mut counted = Counted::new(source, progress);
-    let written = pipeline::write_stream(&mut counted, writer, &stream);
+    // IPA's stream_raw_images: true streams the image to the disk as it
+    // arrives; false downloads it to the spool first, and the disk is
+    // touched only once the download is complete and verified.
+    let streamed = info.stream_raw_images.unwrap_or(true);
+    let mut disk_touched = streamed;
+    let written = if streamed {
+        pipeline::write_stream(&mut counted, open_writer()?, &stream)
+    } else {
+        match spool_verified(&mut counted, &options.spool_dir, &checksum, device.size) {
+            Ok(spooled) => {
+                disk_touched = true;
+                pipeline::write_stream(spooled, open_writer()?, &stream)
+            }
+            Err(error) => Err(error),
+        }
+    };
     let (source_bytes, resumes) = (counted.inner.bytes_read(), counted.inner.resumes());
     if let (Err(_), Some(failure)) = (&written, counted.inner.take_failure()) {
         return Err(DeployError::Download {
             id: info.id,
-            note: NOTHING_BOOTABLE,
+            note: if disk_touched {
+                NOTHING_BOOTABLE
+            } else {
+                " (the disk is unchanged)"
+            },
             source: Box::new(failure),
         });
     }
@@ -455,6 +480,7 @@ pub fn write_image(
         id: info.id.clone(),
         device: device.name.clone(),
         note: match source {
+            _ if !disk_touched => " (the image was not written; the disk is unchanged)",
             ferric_image::Error::Refused(_) => " (refused before writing; the disk is unchanged)",
             // write_stream wipes the disk's start and end after a mismatch.
             ferric_image::Error::ChecksumMismatch { .. } => {
@@ -487,6 +513,58 @@ pub fn write_image(
         config_drive,
         partition_uuids,
     })
+}
+
+/// Downloads the whole image into an unlinked file in `dir`, hashing it on
+/// the way, and checks the checksum: the image is then written from the
+/// spool. The spool holds at most a little more than the disk.
+fn spool_verified<R: Read>(
+    source: &mut R,
+    dir: &Path,
+    checksum: &Checksum,
+    disk_size: u64,
+) -> Result<File, ferric_image::Error> {
+    use ferric_image::decompress::{read_error, Limited};
+    use ferric_image::error::IoContext;
+    use std::io::Write;
+    let path = dir.join(format!(".ferric-spool-{}", uuid::Uuid::new_v4().simple()));
+    let mut spool = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("creating a spool file in {}", dir.display()))?;
+    // Unlinked at once: its space is freed however the deploy ends.
+    std::fs::remove_file(&path).with_context(|| format!("unlinking {}", path.display()))?;
+    let limit = disk_size
+        .saturating_add(disk_size / 8)
+        .saturating_add(64 << 20);
+    let mut hashing = checksum::HashingReader::new(
+        Limited::new(source, limit, "the spool limit"),
+        Some(checksum.algorithm),
+    );
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match hashing.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error("downloading the image to the spool", e)),
+        };
+        spool
+            .write_all(&buf[..n])
+            .context("writing the spool file")?;
+    }
+    let bytes = hashing.bytes_read();
+    let digest = hashing
+        .finish()
+        .expect("the spool is hashed with the checksum's algorithm");
+    checksum.verify(&digest)?;
+    spool
+        .seek(SeekFrom::Start(0))
+        .context("rewinding the spool file")?;
+    tracing::info!(bytes, "image spooled and verified");
+    Ok(spool)
 }
 
 fn open_disk(device: &str, write: bool) -> Result<(File, u64), DeployError> {

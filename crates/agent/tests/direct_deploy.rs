@@ -2,13 +2,18 @@
 //! machine: Ferric's API and conductor in this process (fake power), an
 //! image served over HTTP, and ferric-agent as a process whose target disk
 //! is a loop device chosen by root device hints. Needs root, as CI has.
+//! Images come from a test file server that counts its requests, either
+//! straight to the agent (`image_download_source=http`) or through the
+//! conductor's image cache (`local`).
 
 mod common;
 
 use common::{has_partition_table, start_ferric, LoopDisk};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Agent(Child, PathBuf);
@@ -55,13 +60,24 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
+/// GET requests per file name.
+type Requests = Arc<Mutex<HashMap<String, usize>>>;
+
 /// Serves the files of `dir` over HTTP on loopback.
 async fn serve_files(dir: PathBuf) -> String {
+    serve_counted(dir).await.0
+}
+
+/// Serves the files of `dir` over HTTP on loopback, counting requests.
+async fn serve_counted(dir: PathBuf) -> (String, Requests) {
+    let requests = Requests::default();
+    let seen = requests.clone();
     let app = axum::Router::new().route(
         "/{name}",
         axum::routing::get(
             move |axum::extract::Path(name): axum::extract::Path<String>| {
                 let dir = dir.clone();
+                *seen.lock().unwrap().entry(name.clone()).or_default() += 1;
                 async move {
                     match std::fs::read(dir.join(name)) {
                         Ok(bytes) => Ok(bytes),
@@ -74,7 +90,11 @@ async fn serve_files(dir: PathBuf) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    base
+    (base, requests)
+}
+
+fn count(requests: &Requests, name: &str) -> usize {
+    requests.lock().unwrap().get(name).copied().unwrap_or(0)
 }
 
 struct Setup {
@@ -92,7 +112,52 @@ async fn ferric() -> Setup {
     }
 }
 
+/// Ferric whose conductor caches images for `image_download_source=local`
+/// in its own directory and serves them from its API listener.
+async fn ferric_with_image_cache() -> Setup {
+    use ferric_api::{router, ApiConfig, AppState};
+    use ferric_conductor::{Conductor, ConductorConfig};
+    use ferric_store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.sqlite").display());
+    let store = Store::connect(&url).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let config = ConductorConfig {
+        image_url_base: Some(api.clone()),
+        image_cache_dir: dir.path().join("image-cache"),
+        ..ConductorConfig::default()
+    };
+    let conductor = Conductor::start(store, config).await.unwrap();
+    let app = router(AppState::new(conductor, ApiConfig::default()));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Setup {
+        api,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
 impl Setup {
+    /// A request whose answer is returned whatever its status.
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> (reqwest::StatusCode, Value) {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.api))
+            .header("X-OpenStack-Ironic-API-Version", "latest")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut req = self
             .http
@@ -231,7 +296,7 @@ async fn deploy(ferric: &Setup, disk: &Path, mac: &str, instance_info: Value) ->
 
 #[tokio::test]
 async fn raw_and_qcow2_images_deploy_with_a_config_drive() {
-    let ferric = ferric().await;
+    let ferric = ferric_with_image_cache().await;
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
     std::fs::create_dir(&images).unwrap();
@@ -241,25 +306,33 @@ async fn raw_and_qcow2_images_deploy_with_a_config_drive() {
         .args(["convert", "-q", "-c", "-f", "raw", "-O", "qcow2"])
         .arg(&raw)
         .arg(&qcow2));
-    let base = serve_files(images.clone()).await;
+    let (base, requests) = serve_counted(images.clone()).await;
 
-    for (n, (name, format)) in [("disk.raw", "raw"), ("disk.qcow2", "qcow2")]
-        .into_iter()
-        .enumerate()
+    // The raw image straight to the agent; the qcow2 image through the
+    // conductor's cache (converted to raw there), twice: downloaded once.
+    for (n, (name, format, source)) in [
+        ("disk.raw", "raw", "http"),
+        ("disk.qcow2", "qcow2", "local"),
+        ("disk.qcow2", "qcow2", "local"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let disk = LoopDisk::new(256 << 20);
         let mac = format!("52:54:00:d0:00:0{n}");
         let info = json!({"image_source": format!("{base}/{name}"),
                           "image_os_hash_algo": "sha256",
                           "image_os_hash_value": sha256(&images.join(name)),
-                          "image_disk_format": format});
+                          "image_disk_format": format,
+                          "image_download_source": source});
         let (node, _agent) = deploy(&ferric, &disk.device, &mac, info).await;
         assert_eq!(
             node["provision_state"], "active",
-            "{format}: {}",
+            "{format} via {source}: {}",
             node["last_error"]
         );
         assert_eq!(node["power_state"], "power on");
+        assert_eq!(count(&requests, name), 1, "{name} fetched once ({source})");
         let written = std::fs::read(&disk.device).unwrap();
         let image = std::fs::read(&raw).unwrap();
         // The image is on the disk (the GPT backup moved to the disk's end,
@@ -291,6 +364,45 @@ async fn raw_and_qcow2_images_deploy_with_a_config_drive() {
             .get("agent_secret_token")
             .is_none());
     }
+    assert_eq!(count(&requests, "disk.qcow2"), 1);
+
+    // An unknown download source is refused when the deploy is asked for.
+    let disk = LoopDisk::new(64 << 20);
+    let info = json!({"image_source": format!("{base}/disk.raw"),
+                      "image_os_hash_algo": "sha256",
+                      "image_os_hash_value": sha256(&raw),
+                      "image_download_source": "swift"});
+    let uuid = enroll(&ferric, &disk.device, "52:54:00:d0:00:0f", false, info).await;
+    for verb in ["manage", "provide"] {
+        ferric
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/nodes/{uuid}/states/provision"),
+                Some(json!({"target": verb})),
+            )
+            .await;
+        ferric
+            .wait_for(
+                &uuid,
+                &["manageable", "available"],
+                Duration::from_secs(20),
+                None,
+            )
+            .await;
+    }
+    let (status, body) = ferric
+        .try_call(
+            reqwest::Method::PUT,
+            &format!("/v1/nodes/{uuid}/states/provision"),
+            json!({"target": "active"}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("image_download_source"), "{body}");
+    let node = ferric
+        .call(reqwest::Method::GET, &format!("/v1/nodes/{uuid}"), None)
+        .await;
+    assert_eq!(node["provision_state"], "available");
 }
 
 #[tokio::test]

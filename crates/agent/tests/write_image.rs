@@ -614,6 +614,97 @@ async fn progress_shows_while_the_command_runs() {
     assert!(disk.read(IMAGE_SIZE) == image);
 }
 
+#[tokio::test]
+async fn without_streaming_the_image_is_verified_in_the_spool_before_the_disk_is_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, image) = gpt_image(dir.path());
+    let server = serve(vec![("image.raw", Served::new(image.clone()))]);
+    let disk = LoopDisk::new(DISK_SIZE);
+    put_partition_table(&disk.device);
+    let spool = tempfile::tempdir().unwrap();
+    let agent = handler(&[&disk], spool.path());
+    let mut info = sha256_info(&server.url("image.raw"), &image, "raw");
+    info["stream_raw_images"] = json!(false);
+
+    // A wrong checksum is found in the spool: the disk keeps its old
+    // partition table (a streamed image would have reached it and been
+    // wiped).
+    let mut wrong = info.clone();
+    wrong["os_hash_value"] = json!("ab".repeat(32));
+    let error = execute(&agent, deploy_params(&disk.name(), wrong, None))
+        .await
+        .unwrap_err();
+    assert!(error.contains("checksum mismatch"), "{error}");
+    assert!(error.contains("the disk is unchanged"), "{error}");
+    assert!(
+        has_partition_table(&disk.device),
+        "the disk was not touched"
+    );
+    assert!(disk.read(MIB) != image[..MIB]);
+
+    let done = execute(
+        &agent,
+        deploy_params(&disk.name(), info, Some(config_drive_text())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done["deploy_result"]["image_format"], "gpt");
+    assert_eq!(done["deploy_result"]["bytes_downloaded"], IMAGE_SIZE);
+    let written = disk.read(IMAGE_SIZE);
+    assert!(written[MIB..IMAGE_SIZE - MIB] == image[MIB..IMAGE_SIZE - MIB]);
+    let table: Value = serde_json::from_str(&run("sfdisk", &["-J", &disk.name()])).unwrap();
+    let partitions = table["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 3, "{table}");
+    assert_eq!(partitions[2]["name"], "config-2", "{table}");
+    assert_eq!(
+        server.ranges("image.raw").len(),
+        2,
+        "one download per deploy"
+    );
+    assert_eq!(
+        std::fs::read_dir(spool.path()).unwrap().count(),
+        0,
+        "the spool file is gone"
+    );
+}
+
+#[tokio::test]
+async fn without_streaming_a_failed_download_leaves_the_disk_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw_path, _) = gpt_image(dir.path());
+    let qcow2 = qcow2_of(&raw_path);
+    let server = serve(vec![(
+        "image.qcow2",
+        Served {
+            drop_once_after: Some(MIB / 2),
+            ignore_range: true,
+            ..Served::new(qcow2.clone())
+        },
+    )]);
+    let disk = LoopDisk::new(DISK_SIZE);
+    put_partition_table(&disk.device);
+    let spool = tempfile::tempdir().unwrap();
+    let agent = handler(&[&disk], spool.path());
+    let mut info = sha256_info(&server.url("image.qcow2"), &qcow2, "qcow2");
+    info["stream_raw_images"] = json!(false);
+    let error = execute(&agent, deploy_params(&disk.name(), info.clone(), None))
+        .await
+        .unwrap_err();
+    assert!(error.contains("does not honour Range"), "{error}");
+    assert!(error.contains("the disk is unchanged"), "{error}");
+    assert!(has_partition_table(&disk.device));
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
+
+    // The connection drops only once: now it works, qcow2 converted from
+    // the spool.
+    let done = execute(&agent, deploy_params(&disk.name(), info, None))
+        .await
+        .unwrap();
+    assert_eq!(done["deploy_result"]["image_format"], "qcow2");
+    let raw = std::fs::read(&raw_path).unwrap();
+    assert!(disk.read(IMAGE_SIZE)[MIB..IMAGE_SIZE - MIB] == raw[MIB..IMAGE_SIZE - MIB]);
+}
+
 async fn call(app: &axum::Router, method: &str, uri: &str, body: Option<Value>) -> Value {
     use http_body_util::BodyExt;
     use tower::ServiceExt;

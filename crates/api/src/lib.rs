@@ -147,6 +147,10 @@ pub fn router(state: AppState) -> Router {
     for (path, method) in routes {
         router = both(router, path, method);
     }
+    // Cached images for deploy agents (image_download_source=local); GET
+    // routes answer HEAD too.
+    let image_path = format!("{}/{{name}}", ferric_drivers::direct::IMAGES_PATH);
+    router = router.route(&image_path, get(images::serve));
     router
         .fallback(root::not_found)
         .method_not_allowed_fallback(root::method_not_allowed)

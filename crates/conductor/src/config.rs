@@ -1,4 +1,7 @@
+use ferric_drivers::direct::{DirectOptions, ImageDownloadSource};
+use ferric_drivers::image_cache::{CacheConfig, ImageCache};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How the conductor behaves. Every field has a safe default.
@@ -34,6 +37,37 @@ pub struct ConductorConfig {
     /// are taken over; default: 60 s.
     #[serde(with = "seconds")]
     pub dead_conductor_after: Duration,
+    /// Where agents of `direct` deploys get images (Ironic's
+    /// `[agent]image_download_source`): "http", the agent downloads
+    /// `image_source` itself, or "local", this server downloads it once into
+    /// its image cache, checks and converts it, and serves it to the agent.
+    /// A node's `instance_info` or `driver_info` `image_download_source`
+    /// overrides it. Default: "http".
+    pub image_download_source: ImageDownloadSource,
+    /// With "local", convert images to raw before serving them (Ironic's
+    /// `force_raw_images`; only together with `stream_raw_images`, as in
+    /// Ironic). Default: true.
+    pub force_raw_images: bool,
+    /// Tell agents to stream raw images straight to disk; false: download
+    /// to their spool first, verify, then write (Ironic's
+    /// `[agent]stream_raw_images`). Default: true.
+    pub stream_raw_images: bool,
+    /// The base URL at which deploy agents reach this server's HTTP
+    /// listener, for cached images (Ironic's `[deploy]http_url`), e.g.
+    /// "http://192.0.2.1:6385". Default: none; ferricd derives it from
+    /// `public_url` or a specific `listen` address. "local" is refused
+    /// without it.
+    pub image_url_base: Option<String>,
+    /// Directory of the image cache; created on first use. Default:
+    /// "image-cache" in the working directory.
+    pub image_cache_dir: PathBuf,
+    /// Size limit of the image cache in MiB (allocated space, images in use
+    /// included; Ironic's `[pxe]image_cache_size`). Default: 20480.
+    pub image_cache_size_mib: u64,
+    /// Cached images unused for this long are removed (Ironic's
+    /// `[pxe]image_cache_ttl`); default: 604800 s (a week).
+    #[serde(with = "seconds")]
+    pub image_cache_ttl: Duration,
 }
 
 impl Default for ConductorConfig {
@@ -50,7 +84,42 @@ impl Default for ConductorConfig {
             power_failure_threshold: 3,
             heartbeat_interval: Duration::from_secs(10),
             dead_conductor_after: Duration::from_secs(60),
+            image_download_source: ImageDownloadSource::Http,
+            force_raw_images: true,
+            stream_raw_images: true,
+            image_url_base: None,
+            image_cache_dir: PathBuf::from("image-cache"),
+            image_cache_size_mib: 20480,
+            image_cache_ttl: Duration::from_secs(7 * 24 * 3600),
         }
+    }
+}
+
+impl ConductorConfig {
+    /// The `direct` interface's image handling, with its cache.
+    pub(crate) fn direct_options(&self) -> Result<DirectOptions, String> {
+        if let Some(base) = &self.image_url_base {
+            if !(base.starts_with("http://") || base.starts_with("https://"))
+                || base.contains(['?', '#', ' '])
+            {
+                return Err(format!(
+                    "image_url_base must be an http(s) URL without query, got {base:?}"
+                ));
+            }
+        }
+        let mut cache = CacheConfig::new(&self.image_cache_dir);
+        cache.max_size = self.image_cache_size_mib.saturating_mul(1 << 20);
+        cache.ttl = self.image_cache_ttl;
+        // A lease outlives the longest wait for the agent.
+        cache.lease_ttl = self.deploy_callback_timeout.saturating_mul(2);
+        let cache = ImageCache::new(cache).map_err(|e| e.to_string())?;
+        Ok(DirectOptions {
+            image_download_source: self.image_download_source,
+            force_raw_images: self.force_raw_images,
+            stream_raw_images: self.stream_raw_images,
+            image_url_base: self.image_url_base.clone(),
+            image_cache: Some(cache),
+        })
     }
 }
 

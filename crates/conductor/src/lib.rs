@@ -47,7 +47,8 @@ impl Conductor {
     /// previous run of it left locked or mid-operation. Does not start
     /// periodic tasks: call [`Conductor::spawn_periodic_tasks`].
     pub async fn start(store: Store, config: ConductorConfig) -> Result<Conductor, ConductorError> {
-        let registry = DriverRegistry::new(&config.enabled_hardware_types)
+        let direct = config.direct_options().map_err(ConductorError::Config)?;
+        let registry = DriverRegistry::new(&config.enabled_hardware_types, direct)
             .map_err(|e| ConductorError::Config(e.to_string()))?;
         let conductor = Conductor {
             inner: Arc::new(Inner {
@@ -87,6 +88,36 @@ impl Conductor {
 
     pub fn hostname(&self) -> &str {
         &self.inner.config.hostname
+    }
+
+    /// Cleans the image cache (age and size limits) now and then every
+    /// `interval`, on a blocking thread. Downloads clean it up too.
+    pub fn spawn_image_cache_cleanup(
+        &self,
+        interval: Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let cache = self.registry().image_cache()?.clone();
+        Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            loop {
+                ticks.tick().await;
+                let cache = cache.clone();
+                match tokio::task::spawn_blocking(move || cache.clean_up()).await {
+                    Ok(Ok(report)) if !report.removed.is_empty() => {
+                        tracing::info!(
+                            removed = report.removed.len(),
+                            freed_bytes = report.freed_bytes,
+                            "image cache cleaned"
+                        );
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %ferric_drivers::image_cache::chain(&e), "image cache clean-up failed")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "image cache clean-up panicked"),
+                }
+            }
+        }))
     }
 
     /// Marks this conductor offline in the store (clean shutdown).

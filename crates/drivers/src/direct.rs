@@ -1,15 +1,26 @@
 //! The `direct` deploy interface: the node boots the deploy ramdisk, whose
-//! agent writes the image itself, streaming it from `image_source` and
-//! verifying its checksum as it goes. Ironic's deploy steps: deploy (100),
-//! write_image (80, in the agent), prepare_instance_boot (60),
-//! tear_down_agent (40), boot_instance (20).
+//! agent writes the image itself, verifying its checksum as it goes. Ironic's
+//! deploy steps: deploy (100), write_image (80, in the agent),
+//! prepare_instance_boot (60), tear_down_agent (40), boot_instance (20).
+//!
+//! Where the agent gets the image is Ironic's `image_download_source`: `http`
+//! (the agent fetches `image_source` itself) or `local` (the conductor
+//! downloads it once into its [`ImageCache`], verifies, inspects and, with
+//! `force_raw_images`, converts it to raw, and the agent fetches it from
+//! ferricd's own HTTP server). A node's `instance_info` and then its
+//! `driver_info` may override the conductor's default, as in Ironic.
 
 use crate::agent_client::{command_error, AgentClient};
+use crate::image_cache::{self, CachedImage, ImageCache, ImageRequest};
 use crate::interfaces::*;
 use crate::DriverError;
 use async_trait::async_trait;
+use ferric_image::format::{Format, Policy};
 use ferric_types::{Node, PowerState, Step, StepInterface};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use std::str::FromStr;
+use std::sync::Arc;
 
 /// The in-band step the agent is running, in driver_internal_info.
 const PENDING_KEY: &str = "agent_pending_step";
@@ -18,14 +29,95 @@ const PENDING_KEY: &str = "agent_pending_step";
 const AGENT_BOOT: &str = "(agent boot)";
 /// The agent's last progress report for a running step.
 pub const PROGRESS_KEY: &str = "deploy_progress";
+/// The node field (instance_info, then driver_info) overriding the
+/// conductor's image download source.
+pub const DOWNLOAD_SOURCE_KEY: &str = "image_download_source";
+/// The path under which ferricd serves cached images.
+pub const IMAGES_PATH: &str = "/images";
+
+/// Where the agent of a `direct` deploy gets the image (Ironic's
+/// `[agent]image_download_source`; Ironic's `swift` has no equivalent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageDownloadSource {
+    /// The agent downloads `image_source` itself.
+    #[default]
+    Http,
+    /// The conductor caches (and converts) the image and serves it.
+    Local,
+}
+
+impl ImageDownloadSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageDownloadSource::Http => "http",
+            ImageDownloadSource::Local => "local",
+        }
+    }
+}
+
+impl FromStr for ImageDownloadSource {
+    type Err = DriverError;
+
+    fn from_str(s: &str) -> Result<Self, DriverError> {
+        match s {
+            "http" => Ok(ImageDownloadSource::Http),
+            "local" => Ok(ImageDownloadSource::Local),
+            other => Err(DriverError::InvalidParameter(format!(
+                "Invalid value for image_download_source: {other:?}. Valid values are http or \
+                 local{}",
+                if other == "swift" {
+                    " (Ferric has no Swift support)"
+                } else {
+                    ""
+                }
+            ))),
+        }
+    }
+}
+
+/// How the direct interface handles images; from the conductor's
+/// configuration.
+#[derive(Debug, Clone)]
+pub struct DirectOptions {
+    /// The default image download source; default http.
+    pub image_download_source: ImageDownloadSource,
+    /// With `local`, convert images to raw on the server (Ironic's
+    /// `force_raw_images`; as in Ironic, only when `stream_raw_images` is
+    /// set too, since an agent that spools images had better get the
+    /// smaller original). Default true.
+    pub force_raw_images: bool,
+    /// Tell the agent to stream raw images straight to disk rather than
+    /// download them to its spool first (Ironic's
+    /// `[agent]stream_raw_images`). Default true.
+    pub stream_raw_images: bool,
+    /// The base URL of ferricd's HTTP server as agents reach it (Ironic's
+    /// `[deploy]http_url`); needed by `local`. Default none.
+    pub image_url_base: Option<String>,
+    /// The cache `local` uses; None refuses `local`.
+    pub image_cache: Option<ImageCache>,
+}
+
+impl Default for DirectOptions {
+    fn default() -> Self {
+        DirectOptions {
+            image_download_source: ImageDownloadSource::Http,
+            force_raw_images: true,
+            stream_raw_images: true,
+            image_url_base: None,
+            image_cache: None,
+        }
+    }
+}
 
 pub struct DirectDeploy {
     agent: AgentClient,
+    options: Arc<DirectOptions>,
 }
 
 impl DirectDeploy {
-    pub fn new(agent: AgentClient) -> Self {
-        DirectDeploy { agent }
+    pub fn new(agent: AgentClient, options: Arc<DirectOptions>) -> Self {
+        DirectDeploy { agent, options }
     }
 
     fn step(name: &str, priority: i64) -> StepDefinition {
@@ -40,6 +132,124 @@ impl DirectDeploy {
             ),
         }
     }
+
+    /// The node's image download source: instance_info, then driver_info,
+    /// then the configuration (an empty value falls through, as in Ironic).
+    pub fn download_source(&self, node: &Node) -> Result<ImageDownloadSource, DriverError> {
+        for (field, map) in [
+            ("instance_info", &node.instance_info),
+            ("driver_info", &node.driver_info),
+        ] {
+            match map.get(DOWNLOAD_SOURCE_KEY) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if s.is_empty() => {}
+                Some(Value::String(s)) => return s.parse(),
+                Some(other) => {
+                    return Err(DriverError::InvalidParameter(format!(
+                    "{field}.{DOWNLOAD_SOURCE_KEY} must be a string (http or local), not {other}"
+                )))
+                }
+            }
+        }
+        Ok(self.options.image_download_source)
+    }
+
+    /// Whether `local` converts images to raw on the server.
+    fn converts_to_raw(&self) -> bool {
+        self.options.force_raw_images && self.options.stream_raw_images
+    }
+
+    /// The cache and agent-facing base URL `local` needs, or why not.
+    fn local_setup(&self) -> Result<(&ImageCache, &str), DriverError> {
+        let cache = self.options.image_cache.as_ref().ok_or_else(|| {
+            DriverError::InvalidParameter(
+                "image_download_source=local needs the conductor's image cache, which is not \
+                 configured"
+                    .into(),
+            )
+        })?;
+        let base = self.options.image_url_base.as_deref().ok_or_else(|| {
+            DriverError::InvalidParameter(
+                "image_download_source=local needs the URL deploy agents reach this server at: \
+                 set [conductor] image_url_base (or public_url, or listen on a specific address)"
+                    .into(),
+            )
+        })?;
+        Ok((cache, base.trim_end_matches('/')))
+    }
+
+    /// The cache request for a node's image.
+    fn image_request(&self, node: &Node) -> Result<ImageRequest, DriverError> {
+        let (source, checksum, algorithm) = source_and_checksum(node)?;
+        let declared = match instance_str(node, "image_disk_format") {
+            Some(name) => Some(Format::from_str(name).map_err(|e| {
+                DriverError::InvalidParameter(format!("instance_info.image_disk_format: {e}"))
+            })?),
+            None => None,
+        };
+        // The server verifies the download: md5 is refused, as the agent's
+        // lookup says (agent_md5_checksum_enable is off).
+        if !ferric_image::checksum::is_url(checksum) {
+            ferric_image::checksum::Checksum::parse(checksum, algorithm, false)
+                .map_err(|e| DriverError::InvalidParameter(format!("image checksum: {e}")))?;
+        }
+        Ok(ImageRequest {
+            url: source.to_string(),
+            checksum: checksum.to_string(),
+            checksum_algorithm: algorithm.map(str::to_string),
+            declared_format: declared,
+            permitted_formats: Policy::default().permitted,
+            convert_to_raw: self.converts_to_raw(),
+        })
+    }
+
+    /// Caches the node's image (once per image) and leases it to the node.
+    async fn prepare_local_image(&self, node: &Node) -> Result<CachedImage, DriverError> {
+        let (cache, _) = self.local_setup()?;
+        let request = self.image_request(node)?;
+        cache
+            .prepare(&request, &node.uuid.to_string())
+            .await
+            .map_err(|e| match e {
+                image_cache::CacheError::InvalidRequest(m) => DriverError::InvalidParameter(m),
+                other => DriverError::Failed(format!(
+                    "caching the image failed: {}",
+                    image_cache::chain(&other)
+                )),
+            })
+    }
+
+    /// IPA's image_info for write_image.
+    async fn image_info(&self, node: &Node) -> Result<Value, DriverError> {
+        match self.download_source(node)? {
+            ImageDownloadSource::Http => {
+                let mut info = remote_image_info(node)?;
+                info["stream_raw_images"] = json!(self.options.stream_raw_images);
+                Ok(info)
+            }
+            ImageDownloadSource::Local => {
+                let image = self.prepare_local_image(node).await?;
+                let (_, base) = self.local_setup()?;
+                Ok(json!({
+                    "id": image_id(instance_str(node, "image_source").unwrap_or(&image.name)),
+                    "urls": [format!("{base}{IMAGES_PATH}/{}", image.name)],
+                    "os_hash_algo": "sha256",
+                    "os_hash_value": image.sha256,
+                    "disk_format": image.format,
+                    "container_format": "bare",
+                    "stream_raw_images": self.options.stream_raw_images,
+                    "node_uuid": node.uuid.to_string(),
+                }))
+            }
+        }
+    }
+
+    /// Ends the node's lease on its cached image.
+    fn release_image(&self, node: &Node) {
+        if let Some(cache) = &self.options.image_cache {
+            cache.release(&node.uuid.to_string());
+        }
+    }
 }
 
 fn instance_str<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
@@ -49,43 +259,60 @@ fn instance_str<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
-/// IPA's image_info for write_image, from the node's instance_info.
-fn image_info(node: &Node) -> Result<Value, DriverError> {
+/// The file name only: the query of a signed URL stays out of logs.
+fn image_id(source: &str) -> &str {
+    source
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(source)
+        .rsplit('/')
+        .next()
+        .unwrap_or(source)
+}
+
+/// The http(s) image source and its checksum (value, algorithm).
+fn source_and_checksum(node: &Node) -> Result<(&str, &str, Option<&str>), DriverError> {
     let source = instance_str(node, "image_source").ok_or_else(|| {
         DriverError::InvalidParameter("instance_info.image_source is required".into())
     })?;
     if !(source.starts_with("http://") || source.starts_with("https://")) {
         return Err(DriverError::InvalidParameter(format!(
-            "instance_info.image_source must be an http(s) URL for the direct deploy; \
-             image_download_source=local is not implemented yet (got a {} source)",
+            "instance_info.image_source must be an http(s) URL for the direct deploy \
+             (got a {} source)",
             source.split(':').next().unwrap_or("relative")
         )));
     }
+    match (
+        instance_str(node, "image_os_hash_algo"),
+        instance_str(node, "image_os_hash_value"),
+        instance_str(node, "image_checksum"),
+    ) {
+        (Some(algo), Some(value), _) => Ok((source, value, Some(algo))),
+        (_, _, Some(checksum)) => Ok((source, checksum, None)),
+        _ => Err(DriverError::InvalidParameter(
+            "instance_info needs image_checksum, or image_os_hash_algo and image_os_hash_value"
+                .into(),
+        )),
+    }
+}
+
+/// IPA's image_info for an agent that downloads `image_source` itself.
+fn remote_image_info(node: &Node) -> Result<Value, DriverError> {
+    let (source, checksum, algorithm) = source_and_checksum(node)?;
     let mut info = json!({
-        // The file name only: the query of a signed URL stays out of logs.
-        "id": source.split(['?', '#']).next().unwrap_or(source).rsplit('/').next().unwrap_or(source),
+        "id": image_id(source),
         "urls": [source],
         "disk_format": instance_str(node, "image_disk_format"),
         "container_format": "bare",
         "stream_raw_images": true,
         "node_uuid": node.uuid.to_string(),
     });
-    match (
-        instance_str(node, "image_os_hash_algo"),
-        instance_str(node, "image_os_hash_value"),
-        instance_str(node, "image_checksum"),
-    ) {
-        (Some(algo), Some(value), _) => {
+    match algorithm {
+        Some(algo) => {
             info["os_hash_algo"] = json!(algo);
-            info["os_hash_value"] = json!(value);
+            info["os_hash_value"] = json!(checksum);
         }
-        (_, _, Some(checksum)) => info["checksum"] = json!(checksum),
-        _ => {
-            return Err(DriverError::InvalidParameter(
-                "instance_info needs image_checksum, or image_os_hash_algo and image_os_hash_value"
-                    .into(),
-            ))
-        }
+        None => info["checksum"] = json!(checksum),
     }
     Ok(info)
 }
@@ -128,80 +355,21 @@ fn node_for_agent(node: &Node) -> Value {
 }
 
 impl DirectDeploy {
-    /// A clean step runs in the agent; without one yet, boot the ramdisk
-    /// first and run the step again once the agent heartbeats.
-    async fn clean_step(
+    /// One of the interface's deploy steps (write_image runs in the agent).
+    async fn deploy_step(
         &self,
         node: &mut Node,
         step: &Step,
         context: StepContext<'_>,
     ) -> Result<StepOutcome, DriverError> {
-        if !node.driver_internal_info.contains_key("agent_url") {
-            context.boot.prepare_ramdisk(node).await?;
-            context.power.reboot(node, false, None).await?;
-            node.power_state = Some(PowerState::On);
-            node.driver_internal_info
-                .insert(PENDING_KEY.into(), json!(AGENT_BOOT));
-            return Ok(StepOutcome::Wait);
-        }
-        let sent_step = json!({"interface": "deploy", "step": step.step,
-                               "priority": step.priority, "args": step.args});
-        let params = json!({"step": sent_step, "node": node_for_agent(node), "ports": []});
-        let result = self
-            .agent
-            .execute(node, "clean.execute_clean_step", params, false)
-            .await?;
-        if result["command_status"] == "FAILED" {
-            return Err(DriverError::Failed(command_error(&result)));
-        }
-        node.driver_internal_info
-            .insert(PENDING_KEY.into(), json!(step.step));
-        Ok(StepOutcome::Wait)
-    }
-}
-
-#[async_trait]
-impl DeployInterface for DirectDeploy {
-    fn validate(&self, node: &Node) -> Result<(), DriverError> {
-        image_info(node).map(|_| ())
-    }
-
-    fn steps(&self, kind: StepKind) -> Vec<StepDefinition> {
-        match kind {
-            StepKind::Deploy => vec![
-                Self::step("deploy", 100),
-                Self::step("write_image", 80),
-                Self::step("prepare_instance_boot", 60),
-                Self::step("tear_down_agent", 40),
-                Self::step("boot_instance", 20),
-            ],
-            // The agent's generic clean steps, run in the ramdisk.
-            StepKind::Clean => vec![
-                Self::step("erase_devices_metadata", 99),
-                Self::step("erase_devices", 0),
-            ],
-            StepKind::Service => Vec::new(),
-        }
-    }
-
-    async fn execute_step(
-        &self,
-        node: &mut Node,
-        kind: StepKind,
-        step: &Step,
-        context: StepContext<'_>,
-    ) -> Result<StepOutcome, DriverError> {
-        match kind {
-            StepKind::Deploy => {}
-            StepKind::Clean => return self.clean_step(node, step, context).await,
-            StepKind::Service => {
-                return Err(DriverError::Unsupported(
-                    "the direct interface has no service steps yet".into(),
-                ))
-            }
-        }
         match step.step.as_str() {
             "deploy" => {
+                // With `local`, the image is cached (and converted) before
+                // the node boots: a bad image fails the deploy early, and
+                // the download does not keep the agent waiting.
+                if self.download_source(node)? == ImageDownloadSource::Local {
+                    self.prepare_local_image(node).await?;
+                }
                 // The ramdisk is prepared; boot it and wait for its agent.
                 context.power.reboot(node, false, None).await?;
                 node.power_state = Some(PowerState::On);
@@ -209,7 +377,9 @@ impl DeployInterface for DirectDeploy {
             }
             "write_image" => {
                 let mut args = step.args.clone();
-                args.insert("image_info".into(), image_info(node)?);
+                // With `local`, a cache hit (the deploy step cached it) that
+                // renews the node's lease until the agent is done.
+                args.insert("image_info".into(), self.image_info(node).await?);
                 if let Some(drive) = configdrive(node)? {
                     args.insert("configdrive".into(), drive);
                 }
@@ -263,6 +433,91 @@ impl DeployInterface for DirectDeploy {
         }
     }
 
+    /// A clean step runs in the agent; without one yet, boot the ramdisk
+    /// first and run the step again once the agent heartbeats.
+    async fn clean_step(
+        &self,
+        node: &mut Node,
+        step: &Step,
+        context: StepContext<'_>,
+    ) -> Result<StepOutcome, DriverError> {
+        if !node.driver_internal_info.contains_key("agent_url") {
+            context.boot.prepare_ramdisk(node).await?;
+            context.power.reboot(node, false, None).await?;
+            node.power_state = Some(PowerState::On);
+            node.driver_internal_info
+                .insert(PENDING_KEY.into(), json!(AGENT_BOOT));
+            return Ok(StepOutcome::Wait);
+        }
+        let sent_step = json!({"interface": "deploy", "step": step.step,
+                               "priority": step.priority, "args": step.args});
+        let params = json!({"step": sent_step, "node": node_for_agent(node), "ports": []});
+        let result = self
+            .agent
+            .execute(node, "clean.execute_clean_step", params, false)
+            .await?;
+        if result["command_status"] == "FAILED" {
+            return Err(DriverError::Failed(command_error(&result)));
+        }
+        node.driver_internal_info
+            .insert(PENDING_KEY.into(), json!(step.step));
+        Ok(StepOutcome::Wait)
+    }
+}
+
+#[async_trait]
+impl DeployInterface for DirectDeploy {
+    fn validate(&self, node: &Node) -> Result<(), DriverError> {
+        remote_image_info(node)?;
+        if self.download_source(node)? == ImageDownloadSource::Local {
+            self.local_setup()?;
+            self.image_request(node)?;
+        }
+        Ok(())
+    }
+
+    fn steps(&self, kind: StepKind) -> Vec<StepDefinition> {
+        match kind {
+            StepKind::Deploy => vec![
+                Self::step("deploy", 100),
+                Self::step("write_image", 80),
+                Self::step("prepare_instance_boot", 60),
+                Self::step("tear_down_agent", 40),
+                Self::step("boot_instance", 20),
+            ],
+            // The agent's generic clean steps, run in the ramdisk.
+            StepKind::Clean => vec![
+                Self::step("erase_devices_metadata", 99),
+                Self::step("erase_devices", 0),
+            ],
+            StepKind::Service => Vec::new(),
+        }
+    }
+
+    async fn execute_step(
+        &self,
+        node: &mut Node,
+        kind: StepKind,
+        step: &Step,
+        context: StepContext<'_>,
+    ) -> Result<StepOutcome, DriverError> {
+        match kind {
+            StepKind::Deploy => {}
+            StepKind::Clean => return self.clean_step(node, step, context).await,
+            StepKind::Service => {
+                return Err(DriverError::Unsupported(
+                    "the direct interface has no service steps yet".into(),
+                ))
+            }
+        }
+        let result = self.deploy_step(node, step, context).await;
+        if result.is_err() {
+            // A failed deploy no longer needs its cached image.
+            self.release_image(node);
+        }
+        result
+    }
+
     fn boots_instance(&self) -> bool {
         true
     }
@@ -288,12 +543,18 @@ impl DeployInterface for DirectDeploy {
             node.driver_internal_info.remove(PENDING_KEY);
             return Ok(AgentStepState::AgentReady);
         }
+        if pending == "write_image" {
+            if let Some(cache) = &self.options.image_cache {
+                cache.renew(&node.uuid.to_string());
+            }
+        }
         let (command_name, result_key) = match kind {
             StepKind::Clean => ("execute_clean_step", "clean_step"),
             _ => ("execute_deploy_step", "deploy_step"),
         };
         let Some(command) = self.agent.last_command(node, command_name).await? else {
             node.driver_internal_info.remove(PENDING_KEY);
+            self.release_image(node);
             return Ok(AgentStepState::Failed(format!(
                 "the agent has no record of the {pending} step (did it restart?)"
             )));
@@ -308,6 +569,9 @@ impl DeployInterface for DirectDeploy {
             }
             Some("SUCCEEDED") => {
                 node.driver_internal_info.remove(PENDING_KEY);
+                if pending == "write_image" {
+                    self.release_image(node);
+                }
                 let finished = command["command_result"][result_key]["step"].as_str();
                 if finished != Some(pending.as_str()) {
                     return Ok(AgentStepState::Failed(format!(
@@ -328,6 +592,7 @@ impl DeployInterface for DirectDeploy {
             }
             _ => {
                 node.driver_internal_info.remove(PENDING_KEY);
+                self.release_image(node);
                 Ok(AgentStepState::Failed(format!(
                     "the agent's {pending} step failed: {}",
                     command_error(&command)
@@ -337,8 +602,127 @@ impl DeployInterface for DirectDeploy {
     }
 
     async fn tear_down(&self, node: &mut Node) -> Result<(), DriverError> {
+        self.release_image(node);
         node.driver_internal_info.remove(PENDING_KEY);
         node.driver_internal_info.remove(PROGRESS_KEY);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image_cache::CacheConfig;
+    use ferric_types::ProvisionState;
+
+    fn node(instance_info: Value) -> Node {
+        let mut node = Node::new(
+            uuid::Uuid::new_v4(),
+            "fake-hardware",
+            ProvisionState::Available,
+        );
+        node.instance_info = instance_info.as_object().unwrap().clone();
+        node
+    }
+
+    fn direct(options: DirectOptions) -> DirectDeploy {
+        DirectDeploy::new(AgentClient::default(), Arc::new(options))
+    }
+
+    fn local_options(base: Option<&str>) -> DirectOptions {
+        let dir = std::env::temp_dir().join("ferric-direct-test-unused");
+        DirectOptions {
+            image_url_base: base.map(str::to_string),
+            image_cache: Some(ImageCache::new(CacheConfig::new(dir)).unwrap()),
+            ..DirectOptions::default()
+        }
+    }
+
+    fn image() -> Value {
+        json!({"image_source": "http://images.example/disk.qcow2",
+               "image_os_hash_algo": "sha256", "image_os_hash_value": "a".repeat(64)})
+    }
+
+    #[test]
+    fn instance_info_wins_over_driver_info_over_the_configuration() {
+        let deploy = direct(DirectOptions::default());
+        let mut n = node(image());
+        assert_eq!(deploy.download_source(&n), Ok(ImageDownloadSource::Http));
+        n.driver_info
+            .insert(DOWNLOAD_SOURCE_KEY.into(), json!("local"));
+        assert_eq!(deploy.download_source(&n), Ok(ImageDownloadSource::Local));
+        n.instance_info
+            .insert(DOWNLOAD_SOURCE_KEY.into(), json!("http"));
+        assert_eq!(deploy.download_source(&n), Ok(ImageDownloadSource::Http));
+        // Empty falls through, as in Ironic.
+        n.instance_info
+            .insert(DOWNLOAD_SOURCE_KEY.into(), json!(""));
+        assert_eq!(deploy.download_source(&n), Ok(ImageDownloadSource::Local));
+        let local = direct(DirectOptions {
+            image_download_source: ImageDownloadSource::Local,
+            ..DirectOptions::default()
+        });
+        assert_eq!(
+            local.download_source(&node(image())),
+            Ok(ImageDownloadSource::Local)
+        );
+    }
+
+    #[test]
+    fn unknown_sources_and_incomplete_local_setups_are_invalid_parameters() {
+        let deploy = direct(local_options(Some("http://192.0.2.1:6385")));
+        for (value, expect) in [
+            (json!("swift"), "Swift"),
+            (json!("ftp"), "Valid values are http or local"),
+            (json!(5), "must be a string"),
+        ] {
+            let mut n = node(image());
+            n.instance_info.insert(DOWNLOAD_SOURCE_KEY.into(), value);
+            match deploy.validate(&n) {
+                Err(DriverError::InvalidParameter(m)) => assert!(m.contains(expect), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut n = node(image());
+        n.instance_info
+            .insert(DOWNLOAD_SOURCE_KEY.into(), json!("local"));
+        assert_eq!(deploy.validate(&n), Ok(()));
+        // md5 cannot be verified on the server (agent_md5_checksum_enable
+        // is off), nor can local work without a URL for agents or a cache.
+        let mut md5 = n.clone();
+        md5.instance_info
+            .insert("image_os_hash_algo".into(), json!("md5"));
+        assert!(matches!(
+            deploy.validate(&md5),
+            Err(DriverError::InvalidParameter(_))
+        ));
+        match direct(local_options(None)).validate(&n) {
+            Err(DriverError::InvalidParameter(m)) => assert!(m.contains("image_url_base"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let no_cache = direct(DirectOptions {
+            image_url_base: Some("http://192.0.2.1:6385".into()),
+            ..DirectOptions::default()
+        });
+        assert!(matches!(
+            no_cache.validate(&n),
+            Err(DriverError::InvalidParameter(_))
+        ));
+        // http needs neither.
+        n.instance_info
+            .insert(DOWNLOAD_SOURCE_KEY.into(), json!("http"));
+        assert_eq!(direct(DirectOptions::default()).validate(&n), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn http_image_info_carries_the_stream_raw_images_setting() {
+        let deploy = direct(DirectOptions {
+            stream_raw_images: false,
+            ..DirectOptions::default()
+        });
+        let info = deploy.image_info(&node(image())).await.unwrap();
+        assert_eq!(info["urls"], json!(["http://images.example/disk.qcow2"]));
+        assert_eq!(info["stream_raw_images"], false);
+        assert_eq!(info["os_hash_value"], "a".repeat(64));
     }
 }

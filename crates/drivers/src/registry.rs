@@ -2,8 +2,9 @@
 //! implementation for one node.
 
 use crate::agent_client::AgentClient;
-use crate::direct::DirectDeploy;
+use crate::direct::{DirectDeploy, DirectOptions};
 use crate::fake::{FakeBoot, FakeDeploy, FakeInspect, FakeManagement, FakePower};
+use crate::image_cache::ImageCache;
 use crate::interfaces::*;
 use crate::DriverError;
 use ferric_types::{Node, INTERFACE_NAMES};
@@ -128,6 +129,7 @@ pub struct DriverRegistry {
     fake_power: Arc<FakePower>,
     fake_management: Arc<FakeManagement>,
     agent: AgentClient,
+    direct: Arc<DirectOptions>,
 }
 
 impl DriverRegistry {
@@ -136,8 +138,9 @@ impl DriverRegistry {
         vec![HardwareType::fake_hardware()]
     }
 
-    /// A registry with the named hardware types enabled.
-    pub fn new(enabled: &[String]) -> Result<DriverRegistry, DriverError> {
+    /// A registry with the named hardware types enabled; `direct` is how
+    /// the direct deploy interface handles images.
+    pub fn new(enabled: &[String], direct: DirectOptions) -> Result<DriverRegistry, DriverError> {
         let known = Self::known_hardware_types();
         let mut hardware_types = Vec::new();
         for name in enabled {
@@ -154,7 +157,13 @@ impl DriverRegistry {
             fake_power: Arc::default(),
             fake_management: Arc::default(),
             agent: AgentClient::default(),
+            direct: Arc::new(direct),
         })
+    }
+
+    /// The image cache of `image_download_source=local`, if configured.
+    pub fn image_cache(&self) -> Option<&ImageCache> {
+        self.direct.image_cache.as_ref()
     }
 
     pub fn hardware_types(&self) -> &[HardwareType] {
@@ -213,7 +222,7 @@ impl DriverRegistry {
             _ => None,
         };
         let deploy: Arc<dyn DeployInterface> = match implementations["deploy"].as_str() {
-            "direct" => Arc::new(DirectDeploy::new(self.agent.clone())),
+            "direct" => Arc::new(DirectDeploy::new(self.agent.clone(), self.direct.clone())),
             _ => Arc::new(FakeDeploy),
         };
         Ok(NodeDriver {
@@ -234,7 +243,7 @@ mod tests {
     use ferric_types::ProvisionState;
 
     fn registry() -> DriverRegistry {
-        DriverRegistry::new(&["fake-hardware".to_string()]).unwrap()
+        DriverRegistry::new(&["fake-hardware".to_string()], DirectOptions::default()).unwrap()
     }
 
     #[test]
@@ -265,7 +274,7 @@ mod tests {
         );
         let mut node = Node::new(uuid::Uuid::new_v4(), "no-such", ProvisionState::Enroll);
         assert!(registry().resolve_interfaces(&mut node).is_err());
-        assert!(DriverRegistry::new(&["no-such".to_string()]).is_err());
+        assert!(DriverRegistry::new(&["no-such".to_string()], DirectOptions::default()).is_err());
     }
 
     #[test]

@@ -110,9 +110,29 @@ impl Config {
         if let Some(hostname) = &args.hostname {
             config.conductor.hostname = hostname.clone();
         }
+        if config.conductor.image_url_base.is_none() {
+            config.conductor.image_url_base = config.agent_image_url_base();
+        }
         Ok(config)
     }
+
+    /// Where deploy agents reach this server for cached images when
+    /// `[conductor] image_url_base` is not set: `public_url`, else the
+    /// listen address if it is a specific one (not 0.0.0.0 or ::, which
+    /// name no address an agent could use).
+    pub fn agent_image_url_base(&self) -> Option<String> {
+        if let Some(url) = &self.public_url {
+            return Some(url.trim_end_matches('/').to_string());
+        }
+        if self.listen.ip().is_unspecified() {
+            return None;
+        }
+        Some(format!("http://{}", self.listen))
+    }
 }
+
+/// How often the image cache is cleaned besides after each download.
+const IMAGE_CACHE_CLEANUP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Sets up `tracing` from the configuration.
 pub fn init_logging(config: &Config) -> anyhow::Result<()> {
@@ -163,7 +183,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let conductor = Conductor::start(store, config.conductor.clone())
         .await
         .context("cannot start the conductor")?;
-    let periodic = conductor.spawn_periodic_tasks();
+    let mut periodic = conductor.spawn_periodic_tasks();
+    periodic.extend(conductor.spawn_image_cache_cleanup(IMAGE_CACHE_CLEANUP_INTERVAL));
     let state = AppState::new(
         conductor.clone(),
         ApiConfig {
@@ -248,6 +269,38 @@ mod tests {
         let config = Config::load(&args).unwrap();
         assert_eq!(config.listen.port(), 7001);
         assert_eq!(config.database, "sqlite://a.db");
+    }
+
+    #[test]
+    fn the_image_url_base_comes_from_the_config_public_url_or_listen_address() {
+        let args = Args::parse_from(["ferricd"]);
+        let config = Config::load(&args).unwrap();
+        assert_eq!(
+            config.conductor.image_url_base.as_deref(),
+            Some("http://127.0.0.1:6385")
+        );
+        let mut config = Config::from_toml("listen = \"0.0.0.0:6385\"\n").unwrap();
+        assert_eq!(config.agent_image_url_base(), None);
+        config.public_url = Some("https://ferric.example.net:6385/".into());
+        assert_eq!(
+            config.agent_image_url_base().as_deref(),
+            Some("https://ferric.example.net:6385")
+        );
+        let config = Config::from_toml(
+            "[conductor]\nimage_download_source = \"local\"\nimage_url_base = \"http://192.0.2.1:6385\"\n\
+             image_cache_dir = \"/var/lib/ferric/images\"\nimage_cache_size_mib = 100\n\
+             image_cache_ttl = 60\nforce_raw_images = false\nstream_raw_images = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.conductor.image_url_base.as_deref(),
+            Some("http://192.0.2.1:6385")
+        );
+        assert_eq!(config.conductor.image_cache_size_mib, 100);
+        assert!(!config.conductor.force_raw_images && !config.conductor.stream_raw_images);
+        let err =
+            Config::from_toml("[conductor]\nimage_download_source = \"swift\"\n").unwrap_err();
+        assert!(err.to_string().contains("swift"), "{err}");
     }
 
     #[test]
