@@ -58,6 +58,11 @@ pub struct ConductorConfig {
     /// `public_url` or a specific `listen` address. "local" is refused
     /// without it.
     pub image_url_base: Option<String>,
+    /// Directories `file://` image sources may name (Ironic's
+    /// `[conductor]file_url_allowed_paths`); symlinks are resolved before
+    /// the check and /dev, /sys, /proc, /boot, /etc, /run are always
+    /// refused. Default: none (file:// refused).
+    pub file_url_allowed_paths: Vec<PathBuf>,
     /// Directory of the image cache; created on first use. Default:
     /// "image-cache" in the working directory.
     pub image_cache_dir: PathBuf,
@@ -89,6 +94,7 @@ impl Default for ConductorConfig {
             stream_raw_images: true,
             image_url_base: None,
             image_cache_dir: PathBuf::from("image-cache"),
+            file_url_allowed_paths: Vec::new(),
             image_cache_size_mib: 20480,
             image_cache_ttl: Duration::from_secs(7 * 24 * 3600),
         }
@@ -110,6 +116,7 @@ impl ConductorConfig {
         let mut cache = CacheConfig::new(&self.image_cache_dir);
         cache.max_size = self.image_cache_size_mib.saturating_mul(1 << 20);
         cache.ttl = self.image_cache_ttl;
+        cache.file_url_allowed_paths = self.file_url_allowed_paths.clone();
         // A lease outlives the longest wait for the agent.
         cache.lease_ttl = self.deploy_callback_timeout.saturating_mul(2);
         let cache = ImageCache::new(cache).map_err(|e| e.to_string())?;

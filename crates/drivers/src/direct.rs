@@ -136,6 +136,11 @@ impl DirectDeploy {
     /// The node's image download source: instance_info, then driver_info,
     /// then the configuration (an empty value falls through, as in Ironic).
     pub fn download_source(&self, node: &Node) -> Result<ImageDownloadSource, DriverError> {
+        // The agent cannot read this server's files: a file:// image is
+        // always served from the cache, as in Ironic.
+        if instance_str(node, "image_source").is_some_and(|s| s.starts_with("file://")) {
+            return Ok(ImageDownloadSource::Local);
+        }
         for (field, map) in [
             ("instance_info", &node.instance_info),
             ("driver_info", &node.driver_info),
@@ -275,10 +280,13 @@ fn source_and_checksum(node: &Node) -> Result<(&str, &str, Option<&str>), Driver
     let source = instance_str(node, "image_source").ok_or_else(|| {
         DriverError::InvalidParameter("instance_info.image_source is required".into())
     })?;
-    if !(source.starts_with("http://") || source.starts_with("https://")) {
+    if !["http://", "https://", "file://"]
+        .iter()
+        .any(|scheme| source.starts_with(scheme))
+    {
         return Err(DriverError::InvalidParameter(format!(
-            "instance_info.image_source must be an http(s) URL for the direct deploy \
-             (got a {} source)",
+            "instance_info.image_source must be an http(s) or file:// URL for the direct \
+             deploy (got a {} source)",
             source.split(':').next().unwrap_or("relative")
         )));
     }
@@ -470,8 +478,14 @@ impl DeployInterface for DirectDeploy {
     fn validate(&self, node: &Node) -> Result<(), DriverError> {
         remote_image_info(node)?;
         if self.download_source(node)? == ImageDownloadSource::Local {
-            self.local_setup()?;
-            self.image_request(node)?;
+            let (cache, _) = self.local_setup()?;
+            let request = self.image_request(node)?;
+            if request.url.starts_with("file://") {
+                cache
+                    .config()
+                    .local_file(&request.url)
+                    .map_err(|e| DriverError::InvalidParameter(image_cache::chain(&e)))?;
+            }
         }
         Ok(())
     }

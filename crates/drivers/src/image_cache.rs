@@ -19,7 +19,12 @@
 //!   least recently used first, while the cache is over its size limit
 //!   (counted in allocated bytes, leased entries included, as Ironic does).
 //! - md5 checksums are refused, as the agent's lookup says
-//!   (`agent_md5_checksum_enable` false); only http(s) sources are fetched.
+//!   (`agent_md5_checksum_enable` false).
+//! - Sources are http(s) URLs, or `file://` paths inside the directories the
+//!   operator allowed (`file_url_allowed_paths`), resolved through symlinks
+//!   before the check; /dev, /sys, /proc, /boot, /etc and /run are refused
+//!   whatever the list says, and only regular files are read (Ironic's
+//!   CVE-2025-44021: `file:///dev/zero` hung the checksum).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -71,7 +76,13 @@ pub struct CacheConfig {
     /// A lease not renewed for this long lapses (a deploy that vanished
     /// without releasing it: a timed-out node, a restarted conductor).
     pub lease_ttl: Duration,
+    /// Directories `file://` image sources may name (Ironic's
+    /// `[conductor]file_url_allowed_paths`). Empty: `file://` is refused.
+    pub file_url_allowed_paths: Vec<PathBuf>,
 }
+
+/// Where `file://` sources are never read from, whatever the allow-list says.
+const FORBIDDEN_FILE_ROOTS: &[&str] = &["/dev", "/sys", "/proc", "/boot", "/etc", "/run"];
 
 impl CacheConfig {
     /// Ironic's defaults in `dir`.
@@ -85,8 +96,78 @@ impl CacheConfig {
             stall_timeout: Duration::from_secs(60),
             retries: 3,
             lease_ttl: Duration::from_secs(2 * 3600),
+            file_url_allowed_paths: Vec::new(),
         }
     }
+
+    /// The file a `file://` source names, if the allow-list permits it:
+    /// an absolute path, resolved through symlinks, inside an allowed
+    /// directory and none of the forbidden ones, and a regular file.
+    pub fn local_file(&self, url: &str) -> Result<PathBuf, CacheError> {
+        let refused =
+            |why: String| CacheError::InvalidRequest(format!("image source {url}: {why}"));
+        let raw = url
+            .strip_prefix("file://")
+            .ok_or_else(|| refused("not a file:// URL".into()))?;
+        let path = percent_decode(raw).ok_or_else(|| refused("invalid percent-encoding".into()))?;
+        let path = PathBuf::from(path);
+        if !path.is_absolute() || raw.contains(['?', '#']) {
+            return Err(refused(
+                "a file:// URL needs an absolute path (file:///dir/image) without query".into(),
+            ));
+        }
+        if self.file_url_allowed_paths.is_empty() {
+            return Err(refused(
+                "file:// sources are not allowed: the operator lists directories in \
+                 [conductor] file_url_allowed_paths"
+                    .into(),
+            ));
+        }
+        let real =
+            fs::canonicalize(&path).map_err(|e| refused(format!("cannot resolve it: {e}")))?;
+        if let Some(root) = FORBIDDEN_FILE_ROOTS
+            .iter()
+            .find(|root| real.starts_with(root))
+        {
+            return Err(refused(format!(
+                "it resolves to {}, and nothing under {root} is ever read as an image",
+                real.display()
+            )));
+        }
+        let allowed = self
+            .file_url_allowed_paths
+            .iter()
+            .any(|dir| fs::canonicalize(dir).is_ok_and(|dir| real.starts_with(dir)));
+        if !allowed {
+            return Err(refused(format!(
+                "{} is not inside the directories of [conductor] file_url_allowed_paths",
+                real.display()
+            )));
+        }
+        let meta = fs::metadata(&real).map_err(|e| refused(format!("cannot read it: {e}")))?;
+        if !meta.is_file() {
+            return Err(refused(format!("{} is not a regular file", real.display())));
+        }
+        Ok(real)
+    }
+}
+
+/// `%XX` decoding of a URL path; None when malformed or not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The image an operator asked for.
@@ -341,9 +422,12 @@ impl ImageCache {
         holder: &str,
     ) -> Result<CachedImage, CacheError> {
         let url = redact(&request.url);
-        if !(request.url.starts_with("http://") || request.url.starts_with("https://")) {
+        if request.url.starts_with("file://") {
+            // Checked before a cache hit too: a refused path gets nothing.
+            self.inner.config.local_file(&request.url)?;
+        } else if !(request.url.starts_with("http://") || request.url.starts_with("https://")) {
             return Err(CacheError::InvalidRequest(format!(
-                "the image source {url} is not an http(s) URL"
+                "the image source {url} is not an http(s) or file:// URL"
             )));
         }
         let checksum = self.expected_checksum(request).await?;
@@ -684,13 +768,23 @@ impl ImageCache {
     ) -> Result<CachedImage, CacheError> {
         let url = redact(&request.url);
         let download = temp.join(DOWNLOAD_FILE);
-        let digests = self
-            .download(&request.url, &download, checksum.algorithm)
-            .await
-            .map_err(|source| CacheError::Download {
-                url: url.clone(),
-                source,
-            })?;
+        let digests = if request.url.starts_with("file://") {
+            let file = self.inner.config.local_file(&request.url)?;
+            let max = self.inner.config.max_size;
+            let algorithm = checksum.algorithm;
+            let target = download.clone();
+            tokio::task::spawn_blocking(move || copy_hashed(&file, &target, algorithm, max))
+                .await
+                .map_err(|e| DownloadError::Write(io::Error::other(e.to_string())))
+                .and_then(|r| r)
+        } else {
+            self.download(&request.url, &download, checksum.algorithm)
+                .await
+        }
+        .map_err(|source| CacheError::Download {
+            url: url.clone(),
+            source,
+        })?;
         let (expected, sha256) = digests;
         checksum
             .verify(&expected)
@@ -878,6 +972,46 @@ impl ImageCache {
         }
         Ok(entries)
     }
+}
+
+/// Copies a local image into the cache, hashing it in the same pass (the
+/// operator's algorithm and sha256), at most `max` bytes.
+fn copy_hashed(
+    source: &Path,
+    target: &Path,
+    algorithm: Algorithm,
+    max: u64,
+) -> Result<(Digested, Digested), DownloadError> {
+    let input = File::open(source).map_err(DownloadError::Write)?;
+    let mut input = io::Read::take(input, max.saturating_add(1));
+    let mut output = io::BufWriter::with_capacity(
+        1 << 20,
+        File::create_new(target).map_err(DownloadError::Write)?,
+    );
+    let mut operator = Hasher::new(algorithm);
+    let mut sha256 = Hasher::new(Algorithm::Sha256);
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = io::Read::read(&mut input, &mut buffer).map_err(DownloadError::Write)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > max {
+            return Err(DownloadError::TooLarge(max));
+        }
+        operator.update(&buffer[..n]);
+        sha256.update(&buffer[..n]);
+        output
+            .write_all(&buffer[..n])
+            .map_err(DownloadError::Write)?;
+    }
+    let file = output
+        .into_inner()
+        .map_err(|e| DownloadError::Write(e.into_error()))?;
+    file.sync_all().map_err(DownloadError::Write)?;
+    Ok((operator.finish(), sha256.finish()))
 }
 
 struct Listed {

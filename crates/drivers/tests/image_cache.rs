@@ -444,3 +444,69 @@ async fn half_written_entries_are_never_served_and_are_removed() {
     assert!(cache.open("..").unwrap().is_none());
     assert!(cache.entries().unwrap().is_empty());
 }
+
+/// A file:// source is read only from an allowed directory, after its
+/// symlinks are resolved; system directories and special files never are.
+#[tokio::test]
+async fn file_sources_are_read_only_from_allowed_directories() {
+    let dir = TempDir::new();
+    let images = dir.0.join("images");
+    std::fs::create_dir(&images).unwrap();
+    let raw = noise(2 * MIB, 7);
+    let qcow2 = qcow2_of(&dir.0, &raw);
+    std::fs::write(images.join("disk.qcow2"), &qcow2).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", images.join("passwd.img")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", images.join("zero.img")).unwrap();
+    std::fs::create_dir(images.join("subdir")).unwrap();
+    std::fs::write(dir.0.join("outside.img"), &raw).unwrap();
+
+    let url = |path: &Path| format!("file://{}", path.display());
+    let mut config = CacheConfig::new(dir.0.join("cache"));
+    config.file_url_allowed_paths = vec![images.clone()];
+    let cache = ImageCache::new(config.clone()).unwrap();
+
+    let good = request(url(&images.join("disk.qcow2")), &qcow2, Some(Format::Qcow2));
+    let cached = cache.prepare(&good, "node-1").await.unwrap();
+    assert_eq!(cached.format, "raw");
+    assert_eq!(served(&cache, &cached.name).unwrap(), raw);
+
+    let refused = |path: PathBuf, why: &'static str| {
+        let cache = cache.clone();
+        let request = request(url(&path), b"irrelevant", None);
+        async move {
+            let error = cache.prepare(&request, "node-2").await.unwrap_err();
+            let text = ferric_drivers::image_cache::chain(&error);
+            assert!(
+                matches!(error, CacheError::InvalidRequest(_)) && text.contains(why),
+                "{}: {text}",
+                path.display()
+            );
+        }
+    };
+    refused(images.join("passwd.img"), "/etc").await;
+    refused(images.join("zero.img"), "/dev").await;
+    refused(images.join("subdir"), "not a regular file").await;
+    refused(dir.0.join("outside.img"), "file_url_allowed_paths").await;
+    refused(images.join("../outside.img"), "file_url_allowed_paths").await;
+    refused(images.join("missing.img"), "cannot resolve").await;
+    // Even an operator allowing / gets nothing from the system directories.
+    let mut everything = config.clone();
+    everything.file_url_allowed_paths = vec![PathBuf::from("/")];
+    let error = everything
+        .local_file("file:///proc/self/environ")
+        .unwrap_err();
+    assert!(error.to_string().contains("/proc"), "{error}");
+    // Without an allow-list, file:// is refused and says where to allow it.
+    let error = CacheConfig::new(dir.0.join("c2"))
+        .local_file(&url(&images.join("disk.qcow2")))
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("file_url_allowed_paths"),
+        "{error}"
+    );
+    assert_eq!(
+        listing(&cache),
+        vec![cached.name.clone()],
+        "nothing else cached"
+    );
+}
