@@ -64,6 +64,23 @@ pub(crate) fn forget_agent(node: &mut Node) {
     }
 }
 
+/// [`forget_agent`], except for a token generated ahead of time (virtual
+/// media boots carry it on their kernel command line).
+pub(crate) fn forget_agent_unless_pregenerated(node: &mut Node) {
+    let pregenerated = node
+        .driver_internal_info
+        .get(TOKEN_PREGENERATED_KEY)
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if pregenerated {
+        for key in [AGENT_URL_KEY, AGENT_VERIFY_CA_KEY, AGENT_LAST_HEARTBEAT_KEY] {
+            node.driver_internal_info.remove(key);
+        }
+    } else {
+        forget_agent(node);
+    }
+}
+
 /// 32 random bytes, URL-safe base64 (43 characters), as Ironic's
 /// `secrets.token_urlsafe(32)`.
 fn new_token() -> String {

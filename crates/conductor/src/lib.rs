@@ -418,6 +418,13 @@ impl Conductor {
         };
         node.target_power_state = None;
         match result {
+            Ok(()) if target != PowerState::On => {
+                node.power_state = Some(reached);
+                // Powered off or rebooted: the agent that ran is gone, and
+                // its token and address with it (a token generated ahead
+                // of time for a virtual media boot stays).
+                agent::forget_agent_unless_pregenerated(&mut node);
+            }
             Ok(()) => node.power_state = Some(reached),
             Err(e) => {
                 tracing::warn!(node = %node.uuid, error = %e, "power action failed");

@@ -67,3 +67,68 @@ async fn a_heartbeat_outlived_by_its_operation_is_refused() {
     assert!(!after.driver_internal_info.contains_key("agent_url"));
     assert_eq!(after.reservation, None, "the lock is released");
 }
+
+/// Powering a node off (or rebooting it) ends its agent: the token and the
+/// agent's address are forgotten, unless the token was generated ahead of
+/// time for the next boot.
+#[tokio::test]
+async fn a_power_off_forgets_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("c.sqlite").display());
+    let store = Store::connect(&url).await.unwrap();
+    let conductor = Conductor::start(
+        store.clone(),
+        ConductorConfig {
+            hostname: "c1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut idents = Vec::new();
+    for pregenerated in [false, true] {
+        let mut node = Node::new(
+            Uuid::new_v4(),
+            "fake-hardware",
+            ProvisionState::WaitCallBack,
+        );
+        node.target_provision_state = Some(ProvisionState::Active);
+        let info = &mut node.driver_internal_info;
+        info.insert(AGENT_TOKEN_KEY.into(), Value::String("tok".into()));
+        info.insert(
+            "agent_secret_token_pregenerated".into(),
+            Value::Bool(pregenerated),
+        );
+        info.insert(
+            "agent_url".into(),
+            Value::String("https://192.0.2.9:9999".into()),
+        );
+        info.insert("agent_verify_ca".into(), Value::String("PEM".into()));
+        store.create_node(&node).await.unwrap();
+        let ident = NodeIdent::Uuid(node.uuid);
+        conductor
+            .set_power_state(&ident, ferric_types::PowerState::Off, None)
+            .await
+            .unwrap();
+        idents.push(ident);
+    }
+    for (ident, keeps_token) in idents.iter().zip([false, true]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let node = loop {
+            let node = store.get_node(ident).await.unwrap();
+            if node.target_power_state.is_none() && node.reservation.is_none() {
+                break node;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "power action never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let info = &node.driver_internal_info;
+        assert_eq!(node.power_state, Some(ferric_types::PowerState::Off));
+        assert_eq!(info.contains_key(AGENT_TOKEN_KEY), keeps_token, "{info:?}");
+        assert!(!info.contains_key("agent_url"), "{info:?}");
+        assert!(!info.contains_key("agent_verify_ca"), "{info:?}");
+    }
+}
