@@ -203,6 +203,14 @@ pub trait CommandHandler: Send + Sync + 'static {
         true
     }
 
+    /// Whether the agent was locked down (`system.lockdown`): it takes no
+    /// more commands. The handler refuses them itself (in
+    /// [`validate`](Self::validate) and [`run`](Self::run)); the API may
+    /// also stop answering anything at all.
+    fn is_locked_down(&self) -> bool {
+        false
+    }
+
     /// Checks the parameters before the command starts (IPA's command
     /// validators); an error with code 400 refuses the request with 400,
     /// any other error is recorded as a failed command.

@@ -1,86 +1,96 @@
-//! The agent's built-in commands (IPA's extensions), through the generic
-//! hardware manager: clean steps that wipe disks, the `write_image` deploy
-//! step ([`crate::deploy`]), `standby.sync` and `standby.get_partition_uuids`,
-//! and the inventory.
+//! The agent's commands (IPA's extensions): `clean`, `deploy` and
+//! `service` steps through the hardware managers ([`crate::hardware`]),
+//! the generic one and the operator's ([`crate::operator_steps`]);
+//! `standby.sync`, `standby.get_partition_uuids`, `standby.power_off`,
+//! `standby.run_image`, `system.get_inventory`, `system.lockdown`,
+//! `log.collect_system_logs` and `image.install_bootloader`.
 
+use crate::bootloader::{self, BootloaderOptions};
 use crate::commands::{CommandError, CommandFuture, CommandHandler};
-use crate::deploy::{self, DeployOptions, DeployProgress};
+use crate::deploy::{self, DeployOptions};
 use crate::download::chain;
-use crate::hints::BlockDevice;
-use crate::inventory::{self, Filter};
+use crate::hardware::{
+    GenericHardwareManager, HardwareManager, HardwareManagers, StepCall, StepKind,
+};
+use crate::logs::{self, LogOptions};
+use crate::operator_steps::OperatorSteps;
 use crate::server::RunningResult;
-use ferric_image::sink::BlockSink;
-use ferric_image::writer::{DiskWriter, HoleMode, WriterOptions};
+use crate::system::{Power, PowerAction};
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use crate::hardware::Disks;
+
 /// The name the agent reports for its generic hardware manager.
-pub const HARDWARE_MANAGER: &str = "GenericHardwareManager";
+pub const HARDWARE_MANAGER: &str = GenericHardwareManager::NAME;
 /// Its version, reported with the steps (the conductor compares it).
-pub const HARDWARE_MANAGER_VERSION: &str = "1.2";
+pub const HARDWARE_MANAGER_VERSION: &str = GenericHardwareManager::VERSION;
 
-/// Which disks the agent may touch.
-#[derive(Debug, Clone)]
-pub enum Disks {
-    /// Every disk the kernel shows under `<root>/sys/block`.
-    Discovered { sys_root: PathBuf, filter: Filter },
-    /// Only these device paths (read from sysfs), e.g. `--device /dev/loop3`.
-    Only {
-        sys_root: PathBuf,
-        filter: Filter,
-        names: Vec<String>,
-    },
-}
-
-impl Disks {
-    pub fn list(&self) -> Vec<BlockDevice> {
-        match self {
-            Disks::Discovered { sys_root, filter } => {
-                inventory::block_devices_with(sys_root, filter)
-            }
-            Disks::Only {
-                sys_root,
-                filter,
-                names,
-            } => inventory::block_devices_with(sys_root, filter)
-                .into_iter()
-                .filter(|d| names.contains(&d.name))
-                .collect(),
-        }
-    }
-
-    fn sys_root(&self) -> &PathBuf {
-        match self {
-            Disks::Discovered { sys_root, .. } | Disks::Only { sys_root, .. } => sys_root,
-        }
-    }
-}
-
-/// The commands of a stock agent. Clones share the progress slot and the
-/// record of the last disk written.
+/// The commands of a stock agent. Clones share the progress slot, the
+/// record of the last disk written, the cached node and the lockdown.
 #[derive(Clone)]
 pub struct StandardHandler {
     disks: Disks,
-    deploy: Arc<DeployOptions>,
+    deploy: DeployOptions,
     running: RunningResult,
     /// The disk `write_image` last wrote, for `get_partition_uuids`.
     written: Arc<Mutex<Option<String>>>,
+    /// Managers besides the generic one (the operator's steps, vendors').
+    extra: Vec<Arc<dyn HardwareManager>>,
+    managers: HardwareManagers,
+    /// The node of the last step command (IPA's `cache_node`), for
+    /// `install_bootloader`'s choice of disk.
+    node: Arc<Mutex<Value>>,
+    power: Power,
+    /// Set by `system.lockdown`: every later command is refused.
+    locked: Arc<AtomicBool>,
+    logs: Arc<LogOptions>,
+    bootloader: Arc<BootloaderOptions>,
 }
 
 impl StandardHandler {
     pub fn new(disks: Disks) -> Self {
-        StandardHandler {
+        let mut handler = StandardHandler {
             disks,
-            deploy: Arc::new(DeployOptions::default()),
+            deploy: DeployOptions::default(),
             running: RunningResult::default(),
             written: Arc::new(Mutex::new(None)),
-        }
+            extra: Vec::new(),
+            managers: HardwareManagers::new([]),
+            node: Arc::new(Mutex::new(json!({}))),
+            power: Power::default(),
+            locked: Arc::new(AtomicBool::new(false)),
+            logs: Arc::new(LogOptions::default()),
+            bootloader: Arc::new(BootloaderOptions::default()),
+        };
+        handler.rebuild_managers();
+        handler
+    }
+
+    fn rebuild_managers(&mut self) {
+        let generic: Arc<dyn HardwareManager> = Arc::new(GenericHardwareManager::new(
+            self.disks.clone(),
+            self.deploy.clone(),
+            self.running.clone(),
+            self.written.clone(),
+        ));
+        self.managers =
+            HardwareManagers::new(std::iter::once(generic).chain(self.extra.iter().cloned()));
     }
 
     /// How `write_image` downloads and writes (spool directory, md5, ...).
     pub fn with_deploy_options(mut self, options: DeployOptions) -> Self {
-        self.deploy = Arc::new(options);
+        self.deploy = options;
+        self.rebuild_managers();
+        self
+    }
+
+    /// Adds a hardware manager (a vendor's, or a test's).
+    pub fn with_hardware_manager(mut self, manager: Arc<dyn HardwareManager>) -> Self {
+        self.extra.push(manager);
+        self.rebuild_managers();
         self
     }
 
@@ -88,9 +98,30 @@ impl StandardHandler {
     /// steps). A definition that cannot be read is an error: the agent must
     /// not start with fewer steps than the operator gave it.
     pub fn with_step_dir(self, dir: Option<PathBuf>) -> anyhow::Result<Self> {
-        // TODO(helper): load the step definitions.
-        let _ = dir;
-        Ok(self)
+        let Some(dir) = dir else {
+            return Ok(self);
+        };
+        let steps = OperatorSteps::load(&dir)?;
+        tracing::info!(dir = %dir.display(), steps = steps.steps().len(), "operator steps loaded");
+        Ok(self.with_hardware_manager(Arc::new(steps)))
+    }
+
+    /// How the machine is powered off and rebooted (tests give a fake).
+    pub fn with_power(mut self, power: Power) -> Self {
+        self.power = power;
+        self
+    }
+
+    /// What `log.collect_system_logs` collects.
+    pub fn with_log_options(mut self, options: LogOptions) -> Self {
+        self.logs = Arc::new(options);
+        self
+    }
+
+    /// How `image.install_bootloader` works.
+    pub fn with_bootloader_options(mut self, options: BootloaderOptions) -> Self {
+        self.bootloader = Arc::new(options);
+        self
     }
 
     /// Where `write_image` reports its progress: hand it to
@@ -99,138 +130,60 @@ impl StandardHandler {
     pub fn running_result(&self) -> RunningResult {
         self.running.clone()
     }
-}
 
-fn deploy_steps() -> Value {
-    let argsinfo = json!({
-        "image_info": {"description": "Image information: id, urls, checksum or \
-                        os_hash_algo and os_hash_value, disk_format, proxies", "required": true},
-        "configdrive": {"description": "The config drive, gzip+base64 or its URL", "required": false},
-    });
-    json!({
-        "deploy_steps": {
-            HARDWARE_MANAGER: [
-                {"step": "write_image", "priority": 80, "interface": "deploy",
-                 "reboot_requested": false, "argsinfo": argsinfo},
-            ]
-        },
-        "hardware_manager_version": hardware_manager_version(),
-    })
-}
+    /// The hardware managers in use, best first.
+    pub fn hardware_managers(&self) -> &HardwareManagers {
+        &self.managers
+    }
 
-fn hardware_manager_version() -> Value {
-    json!({HARDWARE_MANAGER: HARDWARE_MANAGER_VERSION})
-}
+    /// Whether `system.lockdown` ran: the agent takes no more commands.
+    pub fn is_locked_down(&self) -> bool {
+        self.locked.load(Ordering::SeqCst)
+    }
 
-fn clean_steps() -> Value {
-    json!({
-        "clean_steps": {
-            HARDWARE_MANAGER: [
-                {"step": "erase_devices_metadata", "priority": 99, "interface": "deploy",
-                 "reboot_requested": false, "abortable": true, "argsinfo": null},
-                {"step": "erase_devices", "priority": 0, "interface": "deploy",
-                 "reboot_requested": false, "abortable": true, "argsinfo": null},
-            ]
-        },
-        "hardware_manager_version": hardware_manager_version(),
-    })
-}
+    fn cache_node(&self, params: &Value) {
+        if let Some(node) = params.get("node").filter(|n| n.is_object()) {
+            *self.node.lock().unwrap_or_else(|p| p.into_inner()) = node.clone();
+        }
+    }
 
-/// Zeroes the start and the end of a disk, where partition tables (primary
-/// and backup GPT, MBR) and most filesystem and RAID signatures live.
-fn erase_metadata(disk: &BlockDevice) -> Result<(), String> {
-    let writer = DiskWriter::open(std::path::Path::new(&disk.name), WriterOptions::default())
-        .map_err(|e| format!("{}: {e}", disk.name))?;
-    writer.wipe().map_err(|e| format!("{}: {e}", disk.name))
-}
+    /// `get_{clean,deploy,service}_steps`.
+    fn get_steps(&self, kind: StepKind, params: &Value) -> Value {
+        self.cache_node(params);
+        let node = params.get("node").unwrap_or(&Value::Null);
+        let ports = params.get("ports").unwrap_or(&Value::Null);
+        json!({
+            format!("{}_steps", kind.name()): self.managers.steps(kind, node, ports),
+            "hardware_manager_version": self.managers.versions(),
+        })
+    }
 
-/// Makes the whole disk read as zeros (BLKZEROOUT, which unmaps where the
-/// device guarantees zeros and writes them otherwise).
-fn erase_all(disk: &BlockDevice) -> Result<(), String> {
-    let mut writer = DiskWriter::open(
-        std::path::Path::new(&disk.name),
-        WriterOptions {
-            holes: HoleMode::Zero,
-            hold_back: 0,
-            ..WriterOptions::default()
-        },
-    )
-    .map_err(|e| format!("{}: {e}", disk.name))?;
-    let size = writer.capacity();
-    writer
-        .hole(0, size)
-        .and_then(|()| writer.finish(size))
-        .map_err(|e| format!("{}: {e}", disk.name))?;
-    writer.commit().map_err(|e| format!("{}: {e}", disk.name))?;
-    Ok(())
-}
-
-impl StandardHandler {
-    fn execute_clean_step(&self, params: &Value) -> Result<Value, CommandError> {
+    /// `execute_{clean,deploy,service}_step`: `{"<kind>_result": ...,
+    /// "<kind>_step": <the step as sent>}`.
+    fn execute_step(&self, kind: StepKind, params: &Value) -> Result<Value, CommandError> {
+        self.cache_node(params);
+        self.managers
+            .check_versions(params.get(format!("{}_version", kind.name()).as_str()))?;
         let step = params.get("step").cloned().unwrap_or(Value::Null);
         let name = step["step"]
             .as_str()
             .ok_or_else(|| CommandError::invalid_params("the step has no name"))?;
-        let erase: fn(&BlockDevice) -> Result<(), String> = match name {
-            "erase_devices_metadata" => erase_metadata,
-            "erase_devices" => erase_all,
-            other => {
-                return Err(CommandError::invalid_params(format!(
-                    "no clean step {other:?} in {HARDWARE_MANAGER}"
-                )))
-            }
+        let args = match step.get("args") {
+            None | Some(Value::Null) => json!({}),
+            Some(args) => args.clone(),
         };
-        let disks = self.disks.list();
-        let mut failures = Vec::new();
-        for disk in &disks {
-            tracing::info!(disk = %disk.name, step = name, "cleaning");
-            if let Err(e) = erase(disk) {
-                failures.push(e);
-            }
-        }
-        if !failures.is_empty() {
-            return Err(CommandError::execution(format!(
-                "{name} failed on {} of {} disks: {}",
-                failures.len(),
-                disks.len(),
-                failures.join("; ")
-            )));
-        }
-        Ok(json!({"clean_result": null, "clean_step": step}))
-    }
-
-    fn execute_deploy_step(&self, params: &Value) -> Result<Value, CommandError> {
-        let step = &params["step"];
-        // IPA: the hardware managers must not have changed since the
-        // conductor fetched the steps.
-        match params.get("deploy_version") {
-            None | Some(Value::Null) => {}
-            Some(version) if *version == hardware_manager_version() => {}
-            Some(version) => {
-                return Err(CommandError::version_mismatch(format!(
-                    "the conductor has hardware manager versions {version}, this agent {}",
-                    hardware_manager_version()
-                )))
-            }
-        }
-        match step["step"].as_str() {
-            Some("write_image") => {}
-            other => {
-                return Err(CommandError::invalid_params(format!(
-                    "no deploy step {} in {HARDWARE_MANAGER}",
-                    other.map_or_else(|| "(unnamed)".to_owned(), |s| format!("{s:?}"))
-                )))
-            }
-        }
-        let node = params.get("node").cloned().unwrap_or(Value::Null);
-        let args = step.get("args").cloned().unwrap_or_else(|| json!({}));
-        let disks = self.disks.list();
-        let running = self.running.clone();
-        let report = move |progress: DeployProgress| running.set(progress.to_json());
-        let outcome = deploy::write_image(&args, &node, &disks, &self.deploy, &report)
-            .map_err(|error| CommandError::execution(chain(&error)))?;
-        *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome.device.clone());
-        Ok(json!({"deploy_result": outcome.to_deploy_result(), "deploy_step": step}))
+        let call = StepCall {
+            kind,
+            name,
+            args: &args,
+            node: params.get("node").unwrap_or(&Value::Null),
+            ports: params.get("ports").unwrap_or(&Value::Null),
+        };
+        let result = self.managers.execute_step(&call)?;
+        Ok(json!({
+            format!("{}_result", kind.name()): result,
+            format!("{}_step", kind.name()): step,
+        }))
     }
 
     fn get_partition_uuids(&self) -> Result<Value, CommandError> {
@@ -247,52 +200,127 @@ impl StandardHandler {
         deploy::partition_uuids(std::path::Path::new(&device))
             .map_err(|error| CommandError::execution(chain(&error)))
     }
+
+    /// The disk written by `write_image`, else the root device for the
+    /// cached node (IPA's `get_os_install_device`).
+    fn install_device(&self) -> Result<String, CommandError> {
+        if let Some(device) = self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(device);
+        }
+        let node = self.node.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(self.managers.os_install_device(&node)?.name)
+    }
+
+    fn install_bootloader(&self, params: &Value) -> Result<Value, CommandError> {
+        let request = bootloader::parse_request(params)?;
+        let device = self.install_device()?;
+        bootloader::install_bootloader(&device, &request, &self.bootloader).map(Value::String)
+    }
+
+    fn lockdown(&self) -> Result<Value, CommandError> {
+        // IPA stops serving the API and cuts the network; Ferric refuses
+        // every command from now on and powers the machine off.
+        self.locked.store(true, Ordering::SeqCst);
+        tracing::warn!("locked down: refusing every command, powering off");
+        self.power.power_off_later();
+        Ok(Value::Null)
+    }
 }
 
-/// The commands this agent offers: (extension, command, synchronous).
+/// The commands this agent offers: (extension, command, synchronous), as
+/// IPA's `sync_command` and `async_command` decorators have them.
 /// Synchronous ones answer at once and never make the agent busy.
 const COMMANDS: &[(&str, &str, bool)] = &[
     ("clean", "get_clean_steps", true),
     ("clean", "execute_clean_step", false),
     ("deploy", "get_deploy_steps", true),
     ("deploy", "execute_deploy_step", false),
+    ("service", "get_service_steps", true),
+    ("service", "execute_service_step", false),
     ("standby", "get_partition_uuids", true),
     ("standby", "sync", true),
+    ("standby", "power_off", false),
+    ("standby", "run_image", false),
     ("system", "get_inventory", true),
+    ("system", "lockdown", true),
+    ("log", "collect_system_logs", true),
+    ("image", "install_bootloader", false),
 ];
+
+/// What every command gets after `system.lockdown`.
+fn locked_down() -> CommandError {
+    CommandError::new(
+        "AgentLockedDown",
+        "The agent is locked down",
+        "system.lockdown was run: this agent takes no more commands",
+    )
+    .with_code(400)
+}
+
+impl StandardHandler {
+    /// Runs a command on the current (blocking) thread.
+    fn run_blocking(
+        &self,
+        extension: &str,
+        command: &str,
+        params: &Value,
+    ) -> Result<Value, CommandError> {
+        if self.is_locked_down() {
+            return Err(locked_down());
+        }
+        if let Some(kind) = StepKind::from_name(extension) {
+            if command == format!("get_{}_steps", kind.name()) {
+                return Ok(self.get_steps(kind, params));
+            }
+            if command == format!("execute_{}_step", kind.name()) {
+                return self.execute_step(kind, params);
+            }
+        }
+        match (extension, command) {
+            ("standby", "get_partition_uuids") => self.get_partition_uuids(),
+            ("standby", "sync") => {
+                self.power.sync();
+                Ok(Value::Null)
+            }
+            ("standby", "power_off") => self
+                .power
+                .shutdown(PowerAction::PowerOff)
+                .map(|()| Value::Null),
+            ("standby", "run_image") => self
+                .power
+                .shutdown(PowerAction::Reboot)
+                .map(|()| Value::Null),
+            ("system", "get_inventory") => self.managers.inventory(),
+            ("system", "lockdown") => self.lockdown(),
+            ("log", "collect_system_logs") => {
+                Ok(json!({"system_logs": logs::collect_system_logs(&self.logs)}))
+            }
+            ("image", "install_bootloader") => self.install_bootloader(params),
+            (ext, cmd) => Err(CommandError::invalid_command(format!(
+                "{ext}.{cmd} is not implemented by this agent"
+            ))),
+        }
+    }
+}
 
 impl CommandHandler for StandardHandler {
     fn run(&self, extension: &str, command: &str, params: Value) -> CommandFuture {
-        let key = (extension.to_string(), command.to_string());
+        let (extension, command) = (extension.to_owned(), command.to_owned());
         let handler = self.clone();
         Box::pin(async move {
-            // Disk and /sys work blocks: off the async runtime.
-            tokio::task::spawn_blocking(move || {
-                match (key.0.as_str(), key.1.as_str()) {
-                    ("clean", "get_clean_steps") => Ok(clean_steps()),
-                    ("clean", "execute_clean_step") => handler.execute_clean_step(&params),
-                    ("deploy", "get_deploy_steps") => Ok(deploy_steps()),
-                    ("deploy", "execute_deploy_step") => handler.execute_deploy_step(&params),
-                    ("standby", "get_partition_uuids") => handler.get_partition_uuids(),
-                    ("standby", "sync") => {
-                        // SAFETY: sync(2) takes no arguments and cannot fail.
-                        unsafe { libc::sync() };
-                        Ok(Value::Null)
-                    }
-                    ("system", "get_inventory") => {
-                        Ok(inventory::inventory(handler.disks.sys_root()))
-                    }
-                    (ext, cmd) => Err(CommandError::invalid_command(format!(
-                        "{ext}.{cmd} is not implemented by this agent"
-                    ))),
-                }
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(CommandError::execution(format!(
-                    "the command panicked: {e}"
-                )))
-            })
+            // Disk, /sys and program work blocks: off the async runtime.
+            tokio::task::spawn_blocking(move || handler.run_blocking(&extension, &command, &params))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(CommandError::execution(format!(
+                        "the command panicked: {e}"
+                    )))
+                })
         })
     }
 
@@ -312,13 +340,25 @@ impl CommandHandler for StandardHandler {
             .any(|(e, c, sync)| *sync && (*e, *c) == (extension, command))
     }
 
+    fn is_locked_down(&self) -> bool {
+        StandardHandler::is_locked_down(self)
+    }
+
     fn validate(&self, extension: &str, command: &str, params: &Value) -> Result<(), CommandError> {
-        if (extension, command) == ("deploy", "execute_deploy_step")
-            && !params["step"]["step"].is_string()
-        {
-            return Err(CommandError::invalid_params(
-                "execute_deploy_step needs a step: {\"step\": {\"step\": <name>, \"args\": {...}}}",
-            ));
+        if self.is_locked_down() {
+            return Err(locked_down());
+        }
+        if let Some(kind) = StepKind::from_name(extension) {
+            if command == format!("execute_{}_step", kind.name())
+                && !params["step"]["step"].is_string()
+            {
+                return Err(CommandError::invalid_params(format!(
+                    "{command} needs a step: {{\"step\": {{\"step\": <name>, \"args\": {{...}}}}}}"
+                )));
+            }
+        }
+        if (extension, command) == ("image", "install_bootloader") {
+            bootloader::parse_request(params)?;
         }
         Ok(())
     }
