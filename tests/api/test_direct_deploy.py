@@ -105,3 +105,75 @@ def test_direct_deploy_with_the_baremetal_cli(
         agent.kill()
         agent.wait()
         log.close()
+
+
+def test_operator_steps_run_in_manual_cleaning(
+    server: Ferricd, baremetal: Baremetal, loop_disk: str, tmp_path: Path
+) -> None:
+    """An operator's step from the agent's step directory, unknown to the
+    conductor until the agent is up, runs in manual cleaning with its args
+    on stdin; one that fails, and one the agent does not offer, fail the
+    cleaning with a readable last_error."""
+    steps = tmp_path / "steps.d"
+    steps.mkdir()
+    marker = tmp_path / "marker.json"
+    (steps / "write_marker.toml").write_text(
+        'step = "write_marker"\n'
+        'kinds = ["clean"]\n'
+        'command = ["/bin/sh", "-c", "cat > \\"$MARKER\\"; echo \'{\\"written\\": true}\'"]\n'
+        f'environment = {{ MARKER = "{marker}" }}\n'
+        "[argsinfo.text]\n"
+        'description = "What to write"\n'
+        "required = true\n"
+    )
+    (steps / "always_fails.toml").write_text(
+        'step = "always_fails"\n'
+        'kinds = ["clean"]\n'
+        'command = ["/bin/sh", "-c", "echo the firmware refused >&2; exit 3"]\n'
+    )
+    node = baremetal.json(
+        "node", "create", "--driver", "fake-hardware", "--name", "steps-1",
+        "--deploy-interface", "direct",
+        "--property", "root_device=" + json.dumps({"name": loop_disk}),
+    )
+    address = mac(78)
+    baremetal.run("port", "create", address, "--node", node["uuid"])
+    log = open(tmp_path / "agent.log", "w")
+    agent = subprocess.Popen(
+        [str(binary("FERRIC_AGENT_BIN", "ferric-agent")), "--cmdline", "/dev/null",
+         "--api-url", server.url, "--mac", address, "--listen", "127.0.0.1:0",
+         "--advertise-host", "127.0.0.1", "--include-loop-devices", "--device", loop_disk,
+         "--step-dir", str(steps)],
+        stdout=subprocess.DEVNULL, stderr=log,
+    )
+    try:
+        baremetal.run("node", "manage", "steps-1", "--wait", "60")
+        step = [{"interface": "deploy", "step": "write_marker", "args": {"text": "hello"}}]
+        baremetal.run("node", "clean", "steps-1", "--clean-steps", json.dumps(step), "--wait", "120", timeout=180)
+        shown = baremetal.json("node", "show", "steps-1")
+        assert shown["provision_state"] == "manageable", (shown, (tmp_path / "agent.log").read_text())
+        assert json.loads(marker.read_text()) == {"text": "hello"}
+        cached = shown["driver_internal_info"]["agent_cached_clean_steps"]
+        assert any(s["step"] == "write_marker" for s in cached), cached
+
+        failing = [{"interface": "deploy", "step": "always_fails"}]
+        baremetal.run("node", "clean", "steps-1", "--clean-steps", json.dumps(failing), "--wait", "120",
+                      check=False, timeout=180)
+        shown = baremetal.json("node", "show", "steps-1")
+        assert shown["provision_state"] == "clean failed", shown
+        assert "exit" in shown["last_error"] and "the firmware refused" in shown["last_error"], shown["last_error"]
+
+        # A failed cleaning leaves the node in maintenance, as in Ironic.
+        assert shown["maintenance"], shown
+        baremetal.run("node", "maintenance", "unset", "steps-1")
+        baremetal.run("node", "manage", "steps-1", "--wait", "60")
+        unknown = [{"interface": "deploy", "step": "no_such_step"}]
+        baremetal.run("node", "clean", "steps-1", "--clean-steps", json.dumps(unknown), "--wait", "120",
+                      check=False, timeout=180)
+        shown = baremetal.json("node", "show", "steps-1")
+        assert shown["provision_state"] == "clean failed", shown
+        assert "no_such_step" in shown["last_error"] and "agent" in shown["last_error"], shown["last_error"]
+    finally:
+        agent.kill()
+        agent.wait()
+        log.close()

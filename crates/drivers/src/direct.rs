@@ -435,10 +435,30 @@ impl DirectDeploy {
                 node.driver_internal_info.remove(PROGRESS_KEY);
                 Ok(StepOutcome::Done)
             }
-            other => Err(DriverError::Unsupported(format!(
-                "the direct interface has no deploy step {other:?}"
-            ))),
+            // Any other step is one the agent offered (the conductor only
+            // plans steps the interface or the agent offers): run it there.
+            _ => self.run_in_agent(node, StepKind::Deploy, step).await,
         }
+    }
+
+    /// Starts `step` in the agent and waits for its callback.
+    async fn run_in_agent(
+        &self,
+        node: &mut Node,
+        kind: StepKind,
+        step: &Step,
+    ) -> Result<StepOutcome, DriverError> {
+        let sent_step = json!({"interface": "deploy", "step": step.step,
+                               "priority": step.priority, "args": step.args});
+        let params = json!({"step": sent_step, "node": node_for_agent(node), "ports": []});
+        let command = format!("{}.execute_{}_step", kind.as_str(), kind.as_str());
+        let result = self.agent.execute(node, &command, params, false).await?;
+        if result["command_status"] == "FAILED" {
+            return Err(DriverError::Failed(command_error(&result)));
+        }
+        node.driver_internal_info
+            .insert(PENDING_KEY.into(), json!(step.step));
+        Ok(StepOutcome::Wait)
     }
 
     /// A clean step runs in the agent; without one yet, boot the ramdisk
@@ -457,20 +477,43 @@ impl DirectDeploy {
                 .insert(PENDING_KEY.into(), json!(AGENT_BOOT));
             return Ok(StepOutcome::Wait);
         }
-        let sent_step = json!({"interface": "deploy", "step": step.step,
-                               "priority": step.priority, "args": step.args});
-        let params = json!({"step": sent_step, "node": node_for_agent(node), "ports": []});
-        let result = self
-            .agent
-            .execute(node, "clean.execute_clean_step", params, false)
-            .await?;
-        if result["command_status"] == "FAILED" {
-            return Err(DriverError::Failed(command_error(&result)));
-        }
-        node.driver_internal_info
-            .insert(PENDING_KEY.into(), json!(step.step));
-        Ok(StepOutcome::Wait)
+        self.run_in_agent(node, StepKind::Clean, step).await
     }
+}
+
+/// The deploy-interface steps of an agent's `get_*_steps` answer
+/// (`{"<kind>_steps": {"<manager>": [step, ...]}}`): for a name offered by
+/// several managers, the highest priority (the agent already chose by
+/// support level). Steps of other interfaces (raid) are left out: nothing
+/// here runs them in the agent yet.
+fn agent_step_definitions(kind: StepKind, answer: &Value) -> Vec<StepDefinition> {
+    let key = format!("{}_steps", kind.as_str());
+    let mut found: Vec<StepDefinition> = Vec::new();
+    let managers = answer[key.as_str()]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    for steps in managers.values() {
+        for step in steps.as_array().into_iter().flatten() {
+            let (Some(name), Some("deploy")) = (step["step"].as_str(), step["interface"].as_str())
+            else {
+                continue;
+            };
+            let priority = step["priority"].as_i64().unwrap_or(0).max(0);
+            match found.iter_mut().find(|d| d.step == name) {
+                Some(known) if known.priority >= priority => {}
+                Some(known) => known.priority = priority,
+                None => found.push(StepDefinition {
+                    interface: StepInterface::Deploy,
+                    step: name.to_string(),
+                    priority,
+                    argsinfo: step.get("argsinfo").filter(|a| !a.is_null()).cloned(),
+                    requires_ramdisk: true,
+                }),
+            }
+        }
+    }
+    found
 }
 
 #[async_trait]
@@ -534,6 +577,25 @@ impl DeployInterface for DirectDeploy {
 
     fn boots_instance(&self) -> bool {
         true
+    }
+
+    async fn agent_steps(
+        &self,
+        node: &mut Node,
+        kind: StepKind,
+    ) -> Result<Option<Vec<StepDefinition>>, DriverError> {
+        if kind == StepKind::Service {
+            return Ok(None);
+        }
+        let command = format!("{}.get_{}_steps", kind.as_str(), kind.as_str());
+        let params = json!({"node": node_for_agent(node), "ports": []});
+        let result = self.agent.execute(node, &command, params, true).await?;
+        if result["command_status"] != "SUCCEEDED" {
+            return Err(DriverError::Failed(command_error(&result)));
+        }
+        let steps = agent_step_definitions(kind, &result["command_result"]);
+        tracing::info!(node = %node.uuid, kind = kind.as_str(), steps = steps.len(), "the agent's steps");
+        Ok(Some(steps))
     }
 
     fn uses_agent(&self) -> bool {
@@ -738,5 +800,33 @@ mod tests {
         assert_eq!(info["urls"], json!(["http://images.example/disk.qcow2"]));
         assert_eq!(info["stream_raw_images"], false);
         assert_eq!(info["os_hash_value"], "a".repeat(64));
+    }
+
+    #[test]
+    fn agent_steps_are_read_per_name_with_the_highest_priority() {
+        let answer = json!({"clean_steps": {
+            "GenericHardwareManager": [
+                {"step": "erase_devices_metadata", "priority": 99, "interface": "deploy"},
+                {"step": "erase_devices", "priority": 0, "interface": "deploy"},
+                {"step": "create_configuration", "priority": 0, "interface": "raid"}],
+            "OperatorSteps": [
+                {"step": "erase_devices", "priority": 10, "interface": "deploy",
+                 "argsinfo": {"passes": {"required": false}}},
+                {"step": "flash", "priority": 0, "interface": "deploy"}]}});
+        let steps = agent_step_definitions(StepKind::Clean, &answer);
+        let summary: Vec<(&str, i64)> = steps
+            .iter()
+            .map(|d| (d.step.as_str(), d.priority))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("erase_devices_metadata", 99),
+                ("erase_devices", 10),
+                ("flash", 0)
+            ]
+        );
+        assert!(steps.iter().all(|d| d.interface == StepInterface::Deploy));
+        assert!(agent_step_definitions(StepKind::Deploy, &answer).is_empty());
     }
 }
