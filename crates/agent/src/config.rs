@@ -74,6 +74,11 @@ pub struct AgentConfig {
     /// A directory of operator step definitions (`ferric-step-dir`);
     /// default /etc/ferric-agent/steps.d when it exists.
     pub step_dir: Option<PathBuf>,
+    /// Let `image.install_bootloader` run `grub-install` in a chroot of a
+    /// partition image for BIOS boot (IPA's `enable_bios_bootloader_install`,
+    /// config file only). Default false: it runs the image's own programs
+    /// as root in the agent (CVE-2026-43003).
+    pub enable_bios_bootloader_install: bool,
 }
 
 impl Default for AgentConfig {
@@ -97,6 +102,7 @@ impl Default for AgentConfig {
             lookup_timeout: Duration::from_secs(300),
             lookup_interval: Duration::from_secs(1),
             step_dir: None,
+            enable_bios_bootloader_install: false,
         }
     }
 }
@@ -331,6 +337,7 @@ struct CurrentView {
     lookup_interval: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     step_dir: Option<PathBuf>,
+    enable_bios_bootloader_install: bool,
 }
 
 impl From<&AgentConfig> for CurrentView {
@@ -354,6 +361,7 @@ impl From<&AgentConfig> for CurrentView {
             lookup_timeout: c.lookup_timeout.as_secs(),
             lookup_interval: c.lookup_interval.as_secs(),
             step_dir: c.step_dir.clone(),
+            enable_bios_bootloader_install: c.enable_bios_bootloader_install,
         }
     }
 }
@@ -392,6 +400,10 @@ mod tests {
         assert!(c.standalone);
         assert_eq!(c.listen, "127.0.0.1:7777".parse().unwrap());
         assert_eq!(c.api_url.as_deref(), Some("http://x:6385"));
+        assert!(!c.enable_bios_bootloader_install, "off unless the operator says so");
+        std::fs::write(&path, "enable_bios_bootloader_install = true\n").unwrap();
+        c.apply_file(&path).unwrap();
+        assert!(c.enable_bios_bootloader_install && c.standalone);
         std::fs::write(&path, "colour = \"red\"\n").unwrap();
         let err = c.apply_file(&path).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");

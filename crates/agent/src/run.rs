@@ -104,7 +104,11 @@ async fn run(config: AgentConfig, options: RunOptions) -> anyhow::Result<()> {
     };
     let handler = StandardHandler::new(disks)
         .with_step_dir(step_dir)?
-        .with_deploy_options(deploy_options);
+        .with_deploy_options(deploy_options)
+        .with_bootloader_options(crate::bootloader::BootloaderOptions {
+            enable_bios_bootloader_install: config.enable_bios_bootloader_install,
+            ..Default::default()
+        });
     // The write_image step shows its progress in its RUNNING command.
     let running = handler.running_result();
     let handler = Arc::new(handler);
@@ -255,6 +259,11 @@ async fn lookup_and_heartbeat(
     // stays up (as in fast track) looks itself up again for the next one.
     loop {
         serve_one_operation(&conductor, &api, &config, &macs, &callback).await?;
+        if api.is_locked_down() {
+            // The machine powers off; until then the agent stays silent.
+            tracing::info!("locked down: no more lookups or heartbeats");
+            std::future::pending::<()>().await;
+        }
         api.set_token(None);
         tracing::info!("the conductor no longer takes this agent's token; looking up again");
     }
@@ -294,6 +303,9 @@ async fn serve_one_operation(
     // again soon, backing off up to the normal interval.
     let mut retry = Duration::from_secs(1);
     loop {
+        if api.is_locked_down() {
+            return Ok(());
+        }
         let pause = match conductor.heartbeat(&found.node_uuid, &beat).await {
             Ok(()) => {
                 tracing::debug!("heartbeat accepted");

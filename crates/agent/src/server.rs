@@ -173,6 +173,12 @@ impl CommandApi {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = token;
     }
 
+    /// Whether `system.lockdown` ran: the agent takes no more commands and
+    /// stops heartbeating.
+    pub fn is_locked_down(&self) -> bool {
+        self.shared.handler.is_locked_down()
+    }
+
     /// Keeps the last `limit` results (at least one) instead of
     /// [`DEFAULT_HISTORY_LIMIT`]. Configure before handing clones out.
     pub fn with_history_limit(mut self, limit: usize) -> Self {

@@ -339,3 +339,27 @@ fn bad_definitions_stop_the_agent_naming_the_file() {
     );
     assert!(error.contains("/nonexistent/steps.d"), "{error}");
 }
+
+/// The example definition shipped in etc/ loads and runs.
+#[tokio::test]
+async fn the_shipped_example_definition_loads_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../etc/ferric-agent/steps.d/example-burn-in.toml"
+    );
+    std::fs::copy(example, dir.path().join("example-burn-in.toml")).unwrap();
+    let agent = agent(dir.path());
+    let result = execute(
+        &agent,
+        "clean",
+        json!({"step": "burn_in_memory", "interface": "deploy", "args": {"seconds": 5}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        result["clean_result"],
+        json!({"burned_in": {"seconds": 5}}),
+        "{result}"
+    );
+}
