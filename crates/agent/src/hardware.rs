@@ -489,9 +489,31 @@ impl HardwareManager for GenericHardwareManager {
 /// Zeroes the start and the end of a disk, where partition tables (primary
 /// and backup GPT, MBR) and most filesystem and RAID signatures live.
 fn erase_metadata(disk: &BlockDevice) -> Result<(), String> {
-    let writer = DiskWriter::open(Path::new(&disk.name), WriterOptions::default())
+    let path = Path::new(&disk.name);
+    let writer = DiskWriter::open(path, WriterOptions::default())
         .map_err(|e| format!("{}: {e}", disk.name))?;
-    writer.wipe().map_err(|e| format!("{}: {e}", disk.name))
+    // The partitions' own signatures go first, as IPA's wipefs of every
+    // partition: a table written again later must not find old filesystems.
+    // A table that cannot be read leaves only the disk's ends to wipe.
+    let partitions = std::fs::File::open(path)
+        .ok()
+        .and_then(|mut file| {
+            ferric_image::partition::read_table(&mut file, writer.capacity())
+                .map_err(|e| tracing::warn!(disk = %disk.name, error = %e, "cannot read the partition table; wiping the disk's ends only"))
+                .ok()
+                .flatten()
+        })
+        .map(|table| {
+            table
+                .partitions
+                .iter()
+                .map(|p| (p.start, p.size))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    writer
+        .wipe_with_partitions(&partitions)
+        .map_err(|e| format!("{}: {e}", disk.name))
 }
 
 /// Makes the whole disk read as zeros (BLKZEROOUT, which unmaps where the

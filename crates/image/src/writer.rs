@@ -415,6 +415,33 @@ impl DiskWriter {
         self.sync()
     }
 
+    /// [`DiskWriter::wipe`], after zeroing the first and last MiB of each
+    /// of `partitions` (start, size in bytes), where filesystem, RAID, LVM
+    /// and LUKS signatures live (as `wipefs` on every partition, then the
+    /// disk): a partition table written again later finds no old
+    /// filesystem. Ranges outside the target are clipped.
+    pub fn wipe_with_partitions(mut self, partitions: &[(u64, u64)]) -> Result<()> {
+        let end_of_target = if self.block_device {
+            self.capacity
+        } else {
+            self.file
+                .metadata()
+                .context("reading the target's size")?
+                .len()
+        };
+        for &(start, size) in partitions {
+            let end = start.saturating_add(size).min(end_of_target);
+            if start >= end {
+                continue;
+            }
+            let head = (end - start).min(TAIL_WIPE);
+            self.write_zeros(start, head)?;
+            let tail = (end - start).min(TAIL_WIPE);
+            self.write_zeros(end - tail, tail)?;
+        }
+        self.wipe()
+    }
+
     /// Gives up on the write: a target that received nothing is left as it
     /// was (an image refused before writing changes nothing); otherwise it is
     /// wiped as by [`DiskWriter::wipe`].
