@@ -104,6 +104,13 @@ pub enum DeployError {
     Hints(#[source] HintError),
     #[error("no disk to write the image to: {0}")]
     NoRootDevice(String),
+    #[error("image {id} is {size} bytes, larger than {device} ({capacity} bytes); the disk is unchanged")]
+    TooLarge {
+        id: String,
+        size: u64,
+        device: String,
+        capacity: u64,
+    },
     #[error("image {id}: cannot get its checksum")]
     Checksum {
         id: String,
@@ -431,6 +438,23 @@ pub fn write_image(
             note: " (the disk is unchanged)",
             source: Box::new(source),
         })?;
+    // A raw image's download is its size: one larger than the disk is
+    // refused before anything is written (qcow2 is checked by its virtual
+    // size before conversion; a compressed stream while it expands).
+    let declared_raw = info
+        .disk_format
+        .as_deref()
+        .is_none_or(|f| f.trim().eq_ignore_ascii_case("raw"));
+    if let (true, Some(size)) = (declared_raw, source.size()) {
+        if size > device.size {
+            return Err(DeployError::TooLarge {
+                id: info.id.clone(),
+                size,
+                device: device.name.clone(),
+                capacity: device.size,
+            });
+        }
+    }
     let open_writer = || {
         DiskWriter::open(Path::new(&device.name), WriterOptions::default()).map_err(|source| {
             DeployError::Write {

@@ -720,3 +720,42 @@ async fn call(app: &axum::Router, method: &str, uri: &str, body: Option<Value>) 
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     serde_json::from_slice(&bytes).unwrap()
 }
+
+/// Images larger than the disk are refused before a byte is written: a raw
+/// image by its Content-Length, a qcow2 image by its virtual size.
+#[tokio::test]
+async fn an_image_larger_than_the_disk_fails_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = vec![0x5au8; (DISK_SIZE + MIB as u64) as usize];
+    let big_qcow2 = {
+        let raw = dir.path().join("big.raw");
+        std::fs::File::create(&raw)
+            .unwrap()
+            .set_len(DISK_SIZE * 2)
+            .unwrap();
+        qcow2_of(&raw)
+    };
+    let server = serve(vec![
+        ("big.raw", Served::new(big.clone())),
+        ("big.qcow2", Served::new(big_qcow2.clone())),
+    ]);
+    let disk = LoopDisk::new(DISK_SIZE);
+    put_partition_table(&disk.device);
+    let agent = handler(&[&disk], dir.path());
+    for (name, body, format) in [("big.raw", &big, "raw"), ("big.qcow2", &big_qcow2, "qcow2")] {
+        let info = sha256_info(&server.url(name), body, format);
+        let error = execute(&agent, deploy_params(&disk.name(), info, None))
+            .await
+            .unwrap_err();
+        assert!(
+            error.contains("larger")
+                || error.contains("does not fit")
+                || error.contains("too large"),
+            "{name}: {error}"
+        );
+        assert!(
+            has_partition_table(&disk.device),
+            "{name}: the disk was touched: {error}"
+        );
+    }
+}
