@@ -274,11 +274,29 @@ impl Conductor {
             .get(AGENT_URL_KEY)
             .and_then(Value::as_str)
             .is_some_and(|recorded| recorded != url);
+        // Two first heartbeats may race: the CA pinned by the one that got
+        // the lock first stays.
+        let ca_changed = match (
+            node.driver_internal_info
+                .get(AGENT_VERIFY_CA_KEY)
+                .and_then(Value::as_str),
+            heartbeat.agent_verify_ca.as_deref(),
+        ) {
+            (Some(recorded), Some(given)) => recorded != given,
+            _ => false,
+        };
+        if ca_changed {
+            self.release(node.uuid).await;
+            tracing::error!(node = %node.uuid, "heartbeat with a changed agent CA refused");
+            return Err(ConductorError::InvalidParameter(
+                "The agent's certificate authority changed since its first heartbeat.".into(),
+            ));
+        }
         if !still_valid || url_changed {
             self.release(node.uuid).await;
             tracing::error!(node = %node.uuid, "heartbeat for an operation that has ended refused");
             return Err(ConductorError::InvalidParameter(
-                "Invalid or missing agent token received.".into(),
+                "Invalid agent token received: the operation it was given for has ended.".into(),
             ));
         }
         let info = &mut node.driver_internal_info;

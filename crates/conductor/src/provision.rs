@@ -238,11 +238,12 @@ impl Conductor {
                         "service_steps is required for servicing".to_string(),
                     )
                 })?;
+                // No agent service steps yet: unknown ones are refused now.
                 let steps = manual_steps_allowing(
                     "service",
                     &driver.deploy.steps(StepKind::Service),
                     &requested,
-                    agent_may_offer(&driver),
+                    None,
                 )
                 .map_err(ConductorError::InvalidParameter)?;
                 clear_step_state(node);

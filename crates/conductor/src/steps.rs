@@ -128,22 +128,26 @@ pub fn manual_steps_allowing(
     Ok(requested.to_vec())
 }
 
-/// The interface's steps joined with its agent's: an agent's step replaces
-/// the interface's own of the same interface and name.
+/// The interface's steps joined with its agent's. The interface's own steps
+/// keep their definitions: an agent offering a step of the same name (IPA
+/// lists `write_image` at priority 0, to be proxied by the conductor's step)
+/// changes nothing, and an agent, which looked itself up unauthenticated,
+/// cannot drop or reorder the steps the conductor runs.
 pub fn with_agent_steps(
     offered: &[StepDefinition],
     agent: &[StepDefinition],
 ) -> Vec<StepDefinition> {
-    let mut all: Vec<StepDefinition> = offered
-        .iter()
-        .filter(|d| {
-            !agent
-                .iter()
-                .any(|a| a.interface == d.interface && a.step == d.step)
-        })
-        .cloned()
-        .collect();
-    all.extend(agent.iter().cloned());
+    let mut all = offered.to_vec();
+    all.extend(
+        agent
+            .iter()
+            .filter(|a| {
+                !offered
+                    .iter()
+                    .any(|d| d.interface == a.interface && d.step == a.step)
+            })
+            .cloned(),
+    );
     all
 }
 
@@ -301,14 +305,23 @@ mod tests {
         assert_eq!(names(&first), ["deploy", "burn_in"]);
         // The agent is up after "deploy": it offers burn_in and its own
         // steps; one with a priority joins, the operator's choices stay.
+        // Its write_image at priority 0 (as IPA lists it) and a
+        // tear_down_agent leave the interface's own steps as they are.
         let agent = [
             def(StepInterface::Deploy, "burn_in", 0),
-            def(StepInterface::Deploy, "write_image", 80),
+            def(StepInterface::Deploy, "write_image", 0),
+            def(StepInterface::Deploy, "deploy", 0),
             def(StepInterface::Deploy, "firmware_check", 95),
         ];
         let all = with_agent_steps(&offered, &agent);
         let again = replan("deploy", &all, &first, 1, &requested, false).unwrap();
         assert_eq!(names(&again), ["deploy", "firmware_check", "burn_in"]);
+        let unrequested = replan("deploy", &all, &first, 1, &[], false).unwrap();
+        assert_eq!(
+            names(&unrequested),
+            ["deploy", "firmware_check", "write_image"],
+            "the agent's priority 0 does not drop the interface's write_image"
+        );
         // A step the agent does not offer either fails the run.
         let missing = [user(StepInterface::Deploy, "nothing_like_it", 90)];
         let err = replan("deploy", &all, &first, 1, &missing, false).unwrap_err();
