@@ -30,6 +30,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Agents started by tests run on this machine: they must never power it off.
+export FERRIC_AGENT_NO_POWER := 1
+
 # The Rust tests (nextest when installed, and the doc tests, which nextest
 # does not run); store tests use FERRIC_TEST_POSTGRES_URL when it is set.
 define rust_tests

@@ -43,6 +43,10 @@ struct Args {
     /// A directory of operator step definitions (ferric-step-dir).
     #[arg(long)]
     step_dir: Option<PathBuf>,
+    /// Never power off or reboot this machine (standby.power_off,
+    /// run_image and lockdown fail): for agents run on a host for tests.
+    #[arg(long, env = "FERRIC_AGENT_NO_POWER")]
+    no_power: bool,
     /// Serve the command API over plain HTTP: no generated certificate
     /// (enable_auto_tls = false) and no listen_tls.
     #[arg(long)]
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
         macs: args.macs,
         devices: args.devices,
         include_loop_devices: args.include_loop_devices,
+        no_power: args.no_power,
     };
     ferric_agent::run::main(config, options)
 }

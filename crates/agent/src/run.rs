@@ -27,6 +27,8 @@ pub struct RunOptions {
     /// Disks the agent may touch; empty: all it finds.
     pub devices: Vec<String>,
     pub include_loop_devices: bool,
+    /// Power control disabled (`--no-power`): see [`crate::system::NoPower`].
+    pub no_power: bool,
 }
 
 /// Runs the agent until SIGINT or SIGTERM; the exit code says how it ended.
@@ -105,6 +107,11 @@ async fn run(config: AgentConfig, options: RunOptions) -> anyhow::Result<()> {
     let handler = StandardHandler::new(disks)
         .with_step_dir(step_dir)?
         .with_deploy_options(deploy_options)
+        .with_power(if options.no_power {
+            crate::system::Power::default()
+        } else {
+            crate::system::Power::kernel()
+        })
         .with_bootloader_options(crate::bootloader::BootloaderOptions {
             enable_bios_bootloader_install: config.enable_bios_bootloader_install,
             ..Default::default()

@@ -64,6 +64,28 @@ impl PowerControl for KernelPower {
     }
 }
 
+/// Power control switched off: syncs, but refuses to power off or reboot.
+/// The default of a [`Power`], so that only the agent's `main` (with
+/// [`Power::kernel`]) can ever switch a machine off, never a test that
+/// builds a handler, and `--no-power` keeps test agents harmless.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPower;
+
+impl PowerControl for NoPower {
+    fn sync(&self) {
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+    }
+
+    fn act(&self, action: PowerAction) -> io::Result<()> {
+        Err(io::Error::other(format!(
+            "this agent runs with power control disabled (--no-power or \
+             FERRIC_AGENT_NO_POWER): it does not {}",
+            action.describe()
+        )))
+    }
+}
+
 /// The power controls and how long to wait before acting, so that the
 /// answer to the command that asked for it reaches the conductor first.
 #[derive(Clone)]
@@ -84,12 +106,18 @@ impl std::fmt::Debug for Power {
 pub const DEFAULT_POWER_DELAY: Duration = Duration::from_secs(2);
 
 impl Default for Power {
+    /// Disabled: see [`NoPower`].
     fn default() -> Self {
-        Power::new(Arc::new(KernelPower), DEFAULT_POWER_DELAY)
+        Power::new(Arc::new(NoPower), DEFAULT_POWER_DELAY)
     }
 }
 
 impl Power {
+    /// The kernel's sync(2) and reboot(2), for the agent in a ramdisk.
+    pub fn kernel() -> Self {
+        Power::new(Arc::new(KernelPower), DEFAULT_POWER_DELAY)
+    }
+
     pub fn new(control: Arc<dyn PowerControl>, delay: Duration) -> Self {
         Power { control, delay }
     }
@@ -131,5 +159,20 @@ impl Power {
                 tracing::error!(%error, "locked down, but the kernel refused to power off");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod power_default_tests {
+    use super::*;
+
+    /// A handler built without [`Power::kernel`] can never switch the
+    /// machine off: the default refuses, and says how it was configured.
+    #[test]
+    fn the_default_power_control_refuses() {
+        let power = Power::new(Arc::new(NoPower), Duration::ZERO);
+        let error = power.shutdown(PowerAction::PowerOff).unwrap_err();
+        assert!(error.details.contains("power control disabled"), "{error}");
+        assert!(format!("{:?}", Power::default()).contains("Power"));
     }
 }
