@@ -74,7 +74,7 @@ def test_direct_deploy_with_the_baremetal_cli(
                   "--instance-info", "image_disk_format=qcow2")
     log = open(tmp_path / "agent.log", "w")
     agent = subprocess.Popen(
-        [str(binary("FERRIC_AGENT_BIN", "ferric-agent")), "--cmdline", "/dev/null",
+        [str(binary("FERRIC_AGENT_BIN", "ferric-agent")), "--no-power", "--cmdline", "/dev/null",
          "--api-url", server.url, "--mac", address, "--listen", "127.0.0.1:0",
          "--advertise-host", "127.0.0.1", "--include-loop-devices", "--device", loop_disk],
         stdout=subprocess.DEVNULL, stderr=log,
@@ -140,7 +140,7 @@ def test_operator_steps_run_in_manual_cleaning(
     baremetal.run("port", "create", address, "--node", node["uuid"])
     log = open(tmp_path / "agent.log", "w")
     agent = subprocess.Popen(
-        [str(binary("FERRIC_AGENT_BIN", "ferric-agent")), "--cmdline", "/dev/null",
+        [str(binary("FERRIC_AGENT_BIN", "ferric-agent")), "--no-power", "--cmdline", "/dev/null",
          "--api-url", server.url, "--mac", address, "--listen", "127.0.0.1:0",
          "--advertise-host", "127.0.0.1", "--include-loop-devices", "--device", loop_disk,
          "--step-dir", str(steps)],

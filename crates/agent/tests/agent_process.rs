@@ -28,6 +28,7 @@ fn free_port() -> u16 {
 
 fn start_agent(args: &[&str]) -> Agent {
     let child = Command::new(env!("CARGO_BIN_EXE_ferric-agent"))
+        .env("FERRIC_AGENT_NO_POWER", "1")
         .args(["--cmdline", "/dev/null"])
         .args(args)
         .stdout(Stdio::null())

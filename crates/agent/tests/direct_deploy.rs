@@ -209,6 +209,7 @@ fn spawn_agent(api: &str, mac: &str, disk: &Path) -> Agent {
         std::env::temp_dir().join(format!("ferric-test-agent-{}-{n}.log", std::process::id()));
     // Port 0: the agent heartbeats the port it got.
     let child = Command::new(env!("CARGO_BIN_EXE_ferric-agent"))
+        .env("FERRIC_AGENT_NO_POWER", "1")
         .args(["--cmdline", "/dev/null", "--api-url", api, "--mac", mac])
         .args(["--listen", "127.0.0.1:0", "--advertise-host", "127.0.0.1"])
         .args(["--include-loop-devices", "--device", disk.to_str().unwrap()])

@@ -78,7 +78,11 @@ async fn erase_devices_metadata_leaves_no_table_and_no_filesystem() {
         .unwrap();
 
     assert!(!has_partition_table(&disk.device), "the table survived");
-    assert_eq!(signature_at(&disk.device, 0), "", "a signature at the start");
+    assert_eq!(
+        signature_at(&disk.device, 0),
+        "",
+        "a signature at the start"
+    );
     // The same table written again brings no filesystem back.
     run(Command::new("sgdisk")
         .args(["-n", "1:2048:+64M", "-n", "2:0:0"])

@@ -177,6 +177,7 @@ impl Drop for Agent {
 
 fn start_agent(api_url: &str, args: &[&str]) -> Agent {
     let child = Command::new(env!("CARGO_BIN_EXE_ferric-agent"))
+        .env("FERRIC_AGENT_NO_POWER", "1")
         .args(["--cmdline", "/dev/null", "--api-url", api_url, "--mac", MAC])
         .args(["--listen", "127.0.0.1:0", "--advertise-host", "127.0.0.1"])
         .args(args)
