@@ -154,6 +154,7 @@ fn agent_write(
     let child = Command::new(&args.agent)
         .args([
             "--standalone",
+            "--no-power",
             "--cmdline",
             "/dev/null",
             "--include-loop-devices",
