@@ -125,6 +125,44 @@ impl CacheConfig {
         }
         let real =
             fs::canonicalize(&path).map_err(|e| refused(format!("cannot resolve it: {e}")))?;
+        self.check_resolved(url, &real)?;
+        let meta = fs::metadata(&real).map_err(|e| refused(format!("cannot read it: {e}")))?;
+        if !meta.is_file() {
+            return Err(refused(format!("{} is not a regular file", real.display())));
+        }
+        Ok(real)
+    }
+
+    /// Opens the file a `file://` source names, checked by
+    /// [`Self::local_file`], without following a symlink or blocking on a
+    /// FIFO swapped in since the check, and checks again what was opened.
+    pub fn open_local_file(&self, url: &str) -> Result<File, CacheError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let refused =
+            |why: String| CacheError::InvalidRequest(format!("image source {url}: {why}"));
+        let real = self.local_file(url)?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&real)
+            .map_err(|e| refused(format!("cannot open it: {e}")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| refused(format!("cannot read it: {e}")))?;
+        if !meta.is_file() {
+            return Err(refused(format!("{} is not a regular file", real.display())));
+        }
+        let opened = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|e| refused(format!("cannot tell what was opened: {e}")))?;
+        self.check_resolved(url, &opened)?;
+        Ok(file)
+    }
+
+    /// The allow-list rules for a path with no symlinks left in it.
+    fn check_resolved(&self, url: &str, real: &Path) -> Result<(), CacheError> {
+        let refused =
+            |why: String| CacheError::InvalidRequest(format!("image source {url}: {why}"));
         if let Some(root) = FORBIDDEN_FILE_ROOTS
             .iter()
             .find(|root| real.starts_with(root))
@@ -144,11 +182,7 @@ impl CacheConfig {
                 real.display()
             )));
         }
-        let meta = fs::metadata(&real).map_err(|e| refused(format!("cannot read it: {e}")))?;
-        if !meta.is_file() {
-            return Err(refused(format!("{} is not a regular file", real.display())));
-        }
-        Ok(real)
+        Ok(())
     }
 }
 
@@ -305,13 +339,22 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Whether `name` is the name of an entry: `sha256-<64 hex>` or
-/// `sha512-<128 hex>`, then `.raw` or `.img`. Nothing else is ever opened,
-/// so a name cannot reach outside the cache.
+/// `sha512-<128 hex>`, `-<16 hex>` of its source, then `.raw` or `.img`.
+/// Nothing else is ever opened, so a name cannot reach outside the cache.
 pub fn is_entry_name(name: &str) -> bool {
+    let is_hex = |text: &str, len: usize| {
+        text.len() == len
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     let Some((stem, extension)) = name.rsplit_once('.') else {
         return false;
     };
-    let Some((algorithm, hex)) = stem.split_once('-') else {
+    let mut parts = stem.split('-');
+    let (Some(algorithm), Some(hex), Some(source), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return false;
     };
     let length = match algorithm {
@@ -319,16 +362,22 @@ pub fn is_entry_name(name: &str) -> bool {
         "sha512" => 128,
         _ => return false,
     };
-    matches!(extension, "raw" | "img")
-        && hex.len() == length
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    matches!(extension, "raw" | "img") && is_hex(hex, length) && is_hex(source, 16)
 }
 
-fn entry_name(checksum: &Checksum, converted: bool) -> String {
+/// An entry is the image of this checksum from this source (its URL without
+/// credentials or query): a request naming another source downloads and
+/// verifies its own copy rather than reusing one it merely knows the
+/// checksum of.
+fn entry_name(checksum: &Checksum, source: &str, converted: bool) -> String {
     let extension = if converted { "raw" } else { "img" };
-    format!("{}-{}.{extension}", checksum.algorithm.name(), checksum.hex)
+    let source = checksum::sha256_hex(redact(source).as_bytes());
+    format!(
+        "{}-{}-{}.{extension}",
+        checksum.algorithm.name(),
+        checksum.hex,
+        &source[..16]
+    )
 }
 
 struct Lease {
@@ -431,7 +480,7 @@ impl ImageCache {
             )));
         }
         let checksum = self.expected_checksum(request).await?;
-        let name = entry_name(&checksum, request.convert_to_raw);
+        let name = entry_name(&checksum, &request.url, request.convert_to_raw);
         let lock = self.building_lock(&name);
         let result = {
             let _building = lock.lock().await;
@@ -769,11 +818,11 @@ impl ImageCache {
         let url = redact(&request.url);
         let download = temp.join(DOWNLOAD_FILE);
         let digests = if request.url.starts_with("file://") {
-            let file = self.inner.config.local_file(&request.url)?;
+            let file = self.inner.config.open_local_file(&request.url)?;
             let max = self.inner.config.max_size;
             let algorithm = checksum.algorithm;
             let target = download.clone();
-            tokio::task::spawn_blocking(move || copy_hashed(&file, &target, algorithm, max))
+            tokio::task::spawn_blocking(move || copy_hashed(file, &target, algorithm, max))
                 .await
                 .map_err(|e| DownloadError::Write(io::Error::other(e.to_string())))
                 .and_then(|r| r)
@@ -977,12 +1026,11 @@ impl ImageCache {
 /// Copies a local image into the cache, hashing it in the same pass (the
 /// operator's algorithm and sha256), at most `max` bytes.
 fn copy_hashed(
-    source: &Path,
+    input: File,
     target: &Path,
     algorithm: Algorithm,
     max: u64,
 ) -> Result<(Digested, Digested), DownloadError> {
-    let input = File::open(source).map_err(DownloadError::Write)?;
     let mut input = io::Read::take(input, max.saturating_add(1));
     let mut output = io::BufWriter::with_capacity(
         1 << 20,
@@ -1167,8 +1215,13 @@ mod tests {
     #[test]
     fn entry_names_are_strict() {
         let hex = "a".repeat(64);
-        assert!(is_entry_name(&format!("sha256-{hex}.raw")));
-        assert!(is_entry_name(&format!("sha512-{}.img", "0".repeat(128))));
+        let source = "0123456789abcdef";
+        assert!(is_entry_name(&format!("sha256-{hex}-{source}.raw")));
+        assert!(is_entry_name(&format!(
+            "sha512-{}-{source}.img",
+            "0".repeat(128)
+        )));
+        assert!(!is_entry_name(&format!("sha256-{hex}.raw")), "no source");
         for bad in [
             format!("sha256-{hex}"),
             format!("sha256-{}.raw", "A".repeat(64)),

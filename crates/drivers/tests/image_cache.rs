@@ -217,7 +217,12 @@ async fn a_qcow2_image_is_downloaded_once_and_served_as_verified_raw() {
     assert_eq!(server.requests("disk.qcow2"), 1, "downloaded once");
     assert_eq!(first, second);
     assert_eq!(first, third);
-    assert_eq!(first.name, format!("sha256-{}.raw", sha256_hex(&qcow2)));
+    let prefix = format!("sha256-{}-", sha256_hex(&qcow2));
+    assert!(
+        first.name.starts_with(&prefix) && first.name.ends_with(".raw"),
+        "{}",
+        first.name
+    );
     assert_eq!(first.format, "raw");
     assert_eq!(first.source_format, "qcow2");
     assert_eq!(first.sha256, sha256_hex(&raw), "the raw image's sha256");
@@ -273,7 +278,12 @@ async fn an_image_not_converted_is_served_as_downloaded() {
     wanted.checksum_algorithm = None;
     wanted.convert_to_raw = false;
     let image = cache.prepare(&wanted, "node-1").await.unwrap();
-    assert_eq!(image.name, format!("sha256-{}.img", sha256_hex(&qcow2)));
+    let prefix = format!("sha256-{}-", sha256_hex(&qcow2));
+    assert!(
+        image.name.starts_with(&prefix) && image.name.ends_with(".img"),
+        "{}",
+        image.name
+    );
     assert_eq!(image.format, "qcow2");
     assert_eq!(image.sha256, sha256_hex(&qcow2));
     assert_eq!(image.virtual_size, Some(raw.len() as u64));
@@ -317,7 +327,7 @@ async fn a_checksum_mismatch_caches_nothing() {
         Err(CacheError::InvalidRequest(_))
     ));
     assert!(listing(&cache).is_empty(), "{:?}", listing(&cache));
-    assert!(!cache.is_in_use(&format!("sha256-{}.raw", "ab".repeat(32))));
+    assert!(!cache.is_in_use(&format!("sha256-{}-0123456789abcdef.raw", "ab".repeat(32))));
 }
 
 #[tokio::test]
@@ -424,7 +434,7 @@ async fn entries_unused_for_longer_than_the_ttl_go_unless_in_use() {
 async fn half_written_entries_are_never_served_and_are_removed() {
     let dir = TempDir::new();
     let hex = "c".repeat(64);
-    let name = format!("sha256-{hex}.raw");
+    let name = format!("sha256-{hex}-0123456789abcdef.raw");
     let root = dir.0.join("cache");
     // What a crash mid-download leaves, and a directory with an entry's
     // name but no metadata.
@@ -508,5 +518,35 @@ async fn file_sources_are_read_only_from_allowed_directories() {
         listing(&cache),
         vec![cached.name.clone()],
         "nothing else cached"
+    );
+}
+
+/// Knowing an image's checksum is not enough: a request for the same bytes
+/// from another source downloads and verifies its own copy.
+#[tokio::test]
+async fn the_same_image_from_another_source_is_fetched_again() {
+    let dir = TempDir::new();
+    let raw = noise(2 * MIB, 9);
+    let server = Server::start(vec![("a.raw", raw.clone()), ("b.raw", raw.clone())]);
+    let cache = cache_in(&dir.0, 1 << 30);
+    let first = cache
+        .prepare(&request(server.url("a.raw"), &raw, None), "node-1")
+        .await
+        .unwrap();
+    let second = cache
+        .prepare(&request(server.url("b.raw"), &raw, None), "node-2")
+        .await
+        .unwrap();
+    assert_ne!(first.name, second.name);
+    assert_eq!(first.sha256, second.sha256);
+    assert_eq!((server.requests("a.raw"), server.requests("b.raw")), (1, 1));
+    // A source whose server does not have it gets nothing from the cache.
+    let error = cache
+        .prepare(&request(server.url("c.raw"), &raw, None), "node-3")
+        .await
+        .unwrap_err();
+    assert!(
+        ferric_drivers::image_cache::chain(&error).contains("404"),
+        "{error:?}"
     );
 }
