@@ -48,6 +48,30 @@ use std::time::{Duration, Instant};
 pub const MAX_STDOUT: usize = 1 << 20;
 /// How much of the end of stderr goes into a failure's message.
 const STDERR_TAIL: usize = 2048;
+/// How long the output of a program that ended may stay open.
+const OUTPUT_GRACE: Duration = Duration::from_secs(5);
+
+/// Whether the child `pid` has exited, without reaping it (so its process
+/// group id stays its own until it is killed and waited for).
+fn exited(pid: libc::pid_t) -> std::io::Result<bool> {
+    // SAFETY: siginfo_t is plain data that waitid fills; zeroed is valid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes only into `info`, which lives for the call.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: after a successful waitid, si_pid is set (0: not exited).
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
 /// The PATH operator programs run with.
 const STEP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -415,18 +439,23 @@ fn run(step: &OperatorStep, call: &StepCall<'_>) -> Result<Value, CommandError> 
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(&input);
     });
+    // The readers hand their results over channels: a process the program
+    // started in a session of its own escapes the group kill and may keep
+    // the pipes open, and must not keep the agent busy forever.
     let mut stdout = child.stdout.take().expect("stdout is piped");
-    let out_reader = std::thread::spawn(move || {
+    let (out_send, out_receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut kept = Vec::new();
         let read = (&mut stdout)
             .take(MAX_STDOUT as u64 + 1)
             .read_to_end(&mut kept);
         // Drain the rest so the program is not blocked writing.
         let _ = std::io::copy(&mut stdout, &mut std::io::sink());
-        read.map(|_| kept)
+        let _ = out_send.send(read.map(|_| kept));
     });
     let mut stderr = child.stderr.take().expect("stderr is piped");
-    let err_reader = std::thread::spawn(move || {
+    let (err_send, err_receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut tail = Vec::new();
         let mut buf = [0u8; 8192];
         while let Ok(n) = stderr.read(&mut buf) {
@@ -441,38 +470,49 @@ fn run(step: &OperatorStep, call: &StepCall<'_>) -> Result<Value, CommandError> 
         if tail.len() > STDERR_TAIL {
             tail.drain(..tail.len() - STDERR_TAIL);
         }
-        String::from_utf8_lossy(&tail).trim().to_owned()
+        let _ = err_send.send(String::from_utf8_lossy(&tail).trim().to_owned());
     });
 
     let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if started.elapsed() < step.timeout => {
+    let finished = loop {
+        match exited(group) {
+            Ok(true) => break true,
+            Ok(false) if started.elapsed() < step.timeout => {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Ok(None) => break None,
+            Ok(false) => break false,
             Err(e) => return Err(failed(format!("waiting for it: {e}"))),
         }
     };
     // Whatever the program left behind goes too (and at the timeout, the
-    // program itself), so the output pipes close.
+    // program itself), so the output pipes close. The program is not
+    // reaped yet, so its group id cannot have been given to anyone else.
     // SAFETY: kill(2) with a negative pid signals the process group the
     // child leads (it was made leader above); no memory is involved.
     unsafe { libc::kill(-group, libc::SIGKILL) };
-    let Some(status) = status else {
-        let _ = child.wait();
+    let status = child
+        .wait()
+        .map_err(|e| failed(format!("waiting for it: {e}")))?;
+    if !finished {
         return Err(failed(format!(
             "timed out after {} s; its process group was killed",
             step.timeout.as_secs()
         )));
+    }
+    // The stdin writer ends by itself (done, or EPIPE once the pipe
+    // closes); it is not waited for, for the same reason as the readers.
+    drop(writer);
+    let stdout = match out_receive.recv_timeout(OUTPUT_GRACE) {
+        Ok(read) => read.map_err(|e| failed(format!("reading its output: {e}")))?,
+        Err(_) => {
+            return Err(failed(format!(
+                "it exited but its output stayed open for {} s: a process it started left \
+                 its process group and still holds it",
+                OUTPUT_GRACE.as_secs()
+            )))
+        }
     };
-    let _ = writer.join();
-    let stdout = out_reader
-        .join()
-        .map_err(|_| failed("reading its output failed".into()))?
-        .map_err(|e| failed(format!("reading its output: {e}")))?;
-    let stderr = err_reader.join().unwrap_or_default();
+    let stderr = err_receive.recv_timeout(OUTPUT_GRACE).unwrap_or_default();
     if !status.success() {
         let how = match (status.code(), status.signal()) {
             (Some(code), _) => format!("exit status {code}"),

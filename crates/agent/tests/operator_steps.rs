@@ -240,6 +240,42 @@ command = ["/bin/sh", "-c", "sleep 60 & echo $! > {}; wait"]
     }
 }
 
+/// A program that leaves a process of its own session behind holding its
+/// output (out of reach of the group kill) does not keep the agent busy:
+/// the step fails a few seconds after the program ended.
+#[tokio::test]
+async fn output_held_open_by_an_escaped_process_does_not_hang_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("escaped.pid");
+    define(
+        dir.path(),
+        "escape.toml",
+        &format!(
+            r#"
+step = "escape"
+kinds = ["clean"]
+command = ["/bin/sh", "-c", "setsid sh -c 'echo $$ > {}; exec sleep 30' & sleep 0.5; exit 0"]
+"#,
+            pid_file.display()
+        ),
+    );
+    let agent = agent(dir.path());
+    let started = Instant::now();
+    let error = execute(
+        &agent,
+        "clean",
+        json!({"step": "escape", "interface": "deploy", "priority": 0}),
+    )
+    .await
+    .unwrap_err();
+    let took = started.elapsed();
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    }
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(error.details.contains("output stayed open"), "{error}");
+}
+
 #[tokio::test]
 async fn an_operator_step_overrides_a_generic_step_of_the_same_name() {
     let dir = tempfile::tempdir().unwrap();
