@@ -282,10 +282,23 @@ impl WithoutUrl for reqwest::Error {
     }
 }
 
-async fn read(response: reqwest::Response, what: &str) -> Result<Value, DriverError> {
+/// The most of an agent's answer read: command results (operator steps'
+/// output up to 1 MiB each) and the command history fit well within it.
+const MAX_ANSWER: usize = 16 << 20;
+
+async fn read(mut response: reqwest::Response, what: &str) -> Result<Value, DriverError> {
     let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let mut text = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap_or_default() {
+        if text.len() + chunk.len() > MAX_ANSWER {
+            return Err(DriverError::Failed(format!(
+                "the agent's answer to {what} is larger than {} MiB",
+                MAX_ANSWER >> 20
+            )));
+        }
+        text.extend_from_slice(&chunk);
+    }
+    let body: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
     if !status.is_success() {
         let message = body["faultstring"]
             .as_str()
