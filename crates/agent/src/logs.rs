@@ -134,6 +134,9 @@ fn read_tail(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
     }
     let mut data = Vec::new();
     file.take(max as u64).read_to_end(&mut data)?;
+    if len > max as u64 {
+        drop_cut_line(&mut data);
+    }
     Ok(data)
 }
 
@@ -151,6 +154,7 @@ fn run_bounded(argv: &[String], timeout: Duration, max: usize) -> Result<Vec<u8>
     let mut stdout = child.stdout.take().ok_or("no stdout")?;
     let reader = std::thread::spawn(move || {
         let mut kept = Vec::new();
+        let mut cut = false;
         let mut buf = [0u8; 64 * 1024];
         loop {
             match stdout.read(&mut buf) {
@@ -159,12 +163,17 @@ fn run_bounded(argv: &[String], timeout: Duration, max: usize) -> Result<Vec<u8>
                     kept.extend_from_slice(&buf[..n]);
                     if kept.len() > 2 * max {
                         kept.drain(..kept.len() - max);
+                        cut = true;
                     }
                 }
             }
         }
         if kept.len() > max {
             kept.drain(..kept.len() - max);
+            cut = true;
+        }
+        if cut {
+            drop_cut_line(&mut kept);
         }
         kept
     });
@@ -191,7 +200,24 @@ fn run_bounded(argv: &[String], timeout: Duration, max: usize) -> Result<Vec<u8>
 
 /// Keys whose values are credentials, as they appear on kernel command
 /// lines and in URLs.
-const SECRET_KEYS: &[&[u8]] = &[b"ipa-agent-token=", b"agent_token=", b"agent-token="];
+const SECRET_KEYS: &[&[u8]] = &[
+    b"ipa-agent-token=",
+    b"agent_token=",
+    b"agent-token=",
+    b"\"agent_token\": \"",
+    b"\"agent_token\":\"",
+];
+
+/// Drops the first, cut line of a tail: a secret's key cut off there would
+/// leave its value unmasked.
+fn drop_cut_line(data: &mut Vec<u8>) {
+    match data.iter().position(|&b| b == b'\n') {
+        Some(end) => {
+            data.drain(..=end);
+        }
+        None => data.clear(),
+    }
+}
 
 /// Replaces the value after each secret key (up to whitespace, `&`, a
 /// quote) with `***`.
