@@ -542,6 +542,20 @@ pub fn write_image(
 /// Downloads the whole image into an unlinked file in `dir`, hashing it on
 /// the way, and checks the checksum: the image is then written from the
 /// spool. The spool holds at most a little more than the disk.
+/// Bytes an unprivileged writer may still use on the file system of `dir`.
+fn free_space(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("a NUL byte in the path"))?;
+    // SAFETY: statvfs is plain data that statvfs(3) fills; zeroed is valid.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is NUL-terminated and `stats` lives for the call.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from(stats.f_bavail).saturating_mul(stats.f_frsize))
+}
+
 fn spool_verified<R: Read>(
     source: &mut R,
     dir: &Path,
@@ -560,11 +574,21 @@ fn spool_verified<R: Read>(
         .with_context(|| format!("creating a spool file in {}", dir.display()))?;
     // Unlinked at once: its space is freed however the deploy ends.
     std::fs::remove_file(&path).with_context(|| format!("unlinking {}", path.display()))?;
+    // The spool is often the ramdisk's memory: never more than is free
+    // there, less 64 MiB for the agent itself.
+    let free = free_space(dir)
+        .with_context(|| format!("reading the free space of {}", dir.display()))?
+        .saturating_sub(64 << 20);
     let limit = disk_size
         .saturating_add(disk_size / 8)
-        .saturating_add(64 << 20);
+        .saturating_add(64 << 20)
+        .min(free);
     let mut hashing = checksum::HashingReader::new(
-        Limited::new(source, limit, "the spool limit"),
+        Limited::new(
+            source,
+            limit,
+            "the free space of the spool directory or the disk size",
+        ),
         Some(checksum.algorithm),
     );
     let mut buf = vec![0u8; 1 << 20];

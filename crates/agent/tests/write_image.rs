@@ -759,3 +759,39 @@ async fn an_image_larger_than_the_disk_fails_before_writing() {
         );
     }
 }
+
+/// Without streaming, the image goes to the spool, which is bounded by the
+/// free space where it lives (a ramdisk's memory): an image that does not
+/// fit fails without filling it, and the disk is unchanged.
+#[tokio::test]
+async fn without_streaming_the_spool_is_bounded_by_its_free_space() {
+    let spool = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=80M", "tmpfs"])
+        .arg(spool.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs for the spool");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(spool.path());
+    // 32 MiB of data: more than the 80 MiB tmpfs leaves after the 64 MiB
+    // the agent keeps for itself, less than the disk.
+    let image: Vec<u8> = (0..32 * MIB).map(|i| (i % 251) as u8).collect();
+    let server = serve(vec![("image.raw", Served::new(image.clone()))]);
+    let disk = LoopDisk::new(DISK_SIZE);
+    put_partition_table(&disk.device);
+    let agent = handler(&[&disk], spool.path());
+    let mut info = sha256_info(&server.url("image.raw"), &image, "raw");
+    info["stream_raw_images"] = json!(false);
+    let error = execute(&agent, deploy_params(&disk.name(), info, None))
+        .await
+        .unwrap_err();
+    assert!(error.contains("free space of the spool"), "{error}");
+    assert!(has_partition_table(&disk.device), "the disk was touched");
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
+}
