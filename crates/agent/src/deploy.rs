@@ -553,7 +553,7 @@ fn free_space(dir: &Path) -> io::Result<u64> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(u64::from(stats.f_bavail).saturating_mul(stats.f_frsize))
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 fn spool_verified<R: Read>(
