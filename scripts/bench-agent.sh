@@ -16,4 +16,4 @@ command -v curl >/dev/null || { echo "bench-agent: curl is needed" >&2; exit 1; 
 agent=$(scripts/build-agent-static)
 cargo build --release -q -p ferric-bench --bin ferric-agent-bench
 trap 'rm -rf "$BENCH_DIR"' EXIT
-target/release/ferric-agent-bench --agent "$agent" --dir "$BENCH_DIR" "$@"
+"${CARGO_TARGET_DIR:-target}/release/ferric-agent-bench" --agent "$agent" --dir "$BENCH_DIR" "$@"
