@@ -400,7 +400,10 @@ mod tests {
         assert!(c.standalone);
         assert_eq!(c.listen, "127.0.0.1:7777".parse().unwrap());
         assert_eq!(c.api_url.as_deref(), Some("http://x:6385"));
-        assert!(!c.enable_bios_bootloader_install, "off unless the operator says so");
+        assert!(
+            !c.enable_bios_bootloader_install,
+            "off unless the operator says so"
+        );
         std::fs::write(&path, "enable_bios_bootloader_install = true\n").unwrap();
         c.apply_file(&path).unwrap();
         assert!(c.enable_bios_bootloader_install && c.standalone);
