@@ -45,7 +45,9 @@ struct Args {
     step_dir: Option<PathBuf>,
     /// Never power off or reboot this machine (standby.power_off,
     /// run_image and lockdown fail): for agents run on a host for tests.
-    #[arg(long, env = "FERRIC_AGENT_NO_POWER")]
+    /// FERRIC_AGENT_NO_POWER counts as set unless empty, 0, false, no or off.
+    #[arg(long, env = "FERRIC_AGENT_NO_POWER",
+          value_parser = clap::builder::FalseyValueParser::new())]
     no_power: bool,
     /// Serve the command API over plain HTTP: no generated certificate
     /// (enable_auto_tls = false) and no listen_tls.
