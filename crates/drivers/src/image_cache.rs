@@ -646,16 +646,26 @@ impl ImageCache {
             report.removed.push(entry.name);
         }
         // Downloads a crash interrupted, and deletions that failed.
-        if let Ok(listing) = fs::read_dir(self.dir()) {
-            let state = self.inner.state.lock().unwrap();
-            for entry in listing.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let leftover = name.starts_with(DELETE_PREFIX)
-                    || (name.starts_with(TEMP_PREFIX) && !state.building.contains(&entry.path()));
-                if leftover {
-                    let _ = fs::remove_dir_all(entry.path());
-                }
+        // Chosen under the lock, removed after it: removing gigabytes must
+        // not hold up leases and lookups.
+        let leftovers: Vec<PathBuf> = match fs::read_dir(self.dir()) {
+            Ok(listing) => {
+                let state = self.inner.state.lock().unwrap();
+                listing
+                    .flatten()
+                    .filter(|entry| {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        name.starts_with(DELETE_PREFIX)
+                            || (name.starts_with(TEMP_PREFIX)
+                                && !state.building.contains(&entry.path()))
+                    })
+                    .map(|entry| entry.path())
+                    .collect()
             }
+            Err(_) => Vec::new(),
+        };
+        for path in leftovers {
+            let _ = fs::remove_dir_all(path);
         }
         Ok(report)
     }
@@ -777,6 +787,16 @@ impl ImageCache {
             .unwrap()
             .building
             .insert(temp.clone());
+        // Forgotten however this ends, a dropped (cancelled) build included,
+        // so a later clean-up removes what it left.
+        struct Building<'a>(&'a ImageCache, PathBuf);
+        impl Drop for Building<'_> {
+            fn drop(&mut self) {
+                let mut state = self.0.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+                state.building.remove(&self.1);
+            }
+        }
+        let building = Building(self, temp.clone());
         let built = self.build_in(request, checksum, name, &temp).await;
         let installed = built.and_then(|image| {
             let mut state = self.inner.state.lock().unwrap();
@@ -787,7 +807,7 @@ impl ImageCache {
             self.lease(&mut state, name, holder);
             Ok(image)
         });
-        self.inner.state.lock().unwrap().building.remove(&temp);
+        drop(building);
         match installed {
             Ok(image) => {
                 tracing::info!(entry = name, source = %image.source, format = %image.format,
