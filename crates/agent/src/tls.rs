@@ -298,6 +298,33 @@ impl std::fmt::Debug for ClientTls {
     }
 }
 
+/// Where distributions keep their CA bundle.
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's CAs from the first bundle found; none in a ramdisk that
+/// carries no bundle. Read here rather than by the TLS library's platform
+/// verifier, which refuses to build a client at all without system CAs,
+/// and so would stop an agent that only ever speaks plain HTTP.
+fn system_roots(bundles: &[&str]) -> Vec<reqwest::Certificate> {
+    for bundle in bundles {
+        if let Ok(pem) = std::fs::read(bundle) {
+            match reqwest::Certificate::from_pem_bundle(&pem) {
+                Ok(certificates) if !certificates.is_empty() => return certificates,
+                _ => tracing::warn!(bundle, "no usable certificate in the system CA bundle"),
+            }
+        }
+    }
+    tracing::warn!(
+        "no system CA certificates: https servers will be refused unless ipa-cafile or \
+         ipa-insecure is given"
+    );
+    Vec::new()
+}
+
 impl ClientTls {
     /// Reads the agent's `insecure`, `cafile`, `certfile` and `keyfile`.
     pub fn from_config(config: &AgentConfig) -> Result<Self, TlsError> {
@@ -321,7 +348,7 @@ impl ClientTls {
         client_certificate: Option<(&Path, &Path)>,
     ) -> Result<Self, TlsError> {
         let roots = match cafile {
-            None => None,
+            None => Some(system_roots(SYSTEM_CA_BUNDLES)),
             Some(path) => {
                 const WHAT: &str = "CA file";
                 let certificates = reqwest::Certificate::from_pem_bundle(&read(WHAT, path)?)
@@ -395,6 +422,27 @@ impl ClientTls {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn without_system_cas_clients_still_build_and_refuse_https() {
+        let roots = super::system_roots(&["/nonexistent/ca-bundle.crt"]);
+        assert!(roots.is_empty());
+        // An agent in a ramdisk with no bundle still starts (plain HTTP to
+        // the conductor works); https has nothing to trust.
+        reqwest::Client::builder()
+            .tls_certs_only(roots.clone())
+            .build()
+            .expect("a client with no trusted CAs builds");
+        reqwest::blocking::Client::builder()
+            .tls_certs_only(roots)
+            .build()
+            .expect("a blocking client with no trusted CAs builds");
+        assert!(
+            !super::system_roots(super::SYSTEM_CA_BUNDLES).is_empty()
+                || !std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists()
+        );
+    }
+
     use super::*;
 
     #[test]
