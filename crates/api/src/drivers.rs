@@ -131,6 +131,11 @@ pub async fn properties(
 ) -> ApiResult<Json<Value>> {
     let hw = find_driver(&state, &name)?;
     let mut props = Map::new();
+    if hw.name == "ipmi" {
+        for (key, description) in ferric_drivers::ipmi::DRIVER_PROPERTIES {
+            props.insert((*key).into(), json!(description));
+        }
+    }
     if hw.name == "fake-hardware" {
         props.insert(
             "fake_fail".into(),

@@ -1,5 +1,6 @@
 use ferric_drivers::direct::{DirectOptions, ImageDownloadSource};
 use ferric_drivers::image_cache::{CacheConfig, ImageCache};
+use ferric_drivers::ipmi::IpmiOptions;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +13,8 @@ pub struct ConductorConfig {
     pub hostname: String,
     /// Conductor group (Ironic's `conductor_group`); default: "" (the default group).
     pub conductor_group: String,
-    /// Hardware types this conductor drives; default: ["fake-hardware"].
+    /// Hardware types this conductor drives: "fake-hardware", "ipmi"
+    /// (needs ipmitool); default: ["fake-hardware"].
     pub enabled_hardware_types: Vec<String>,
     /// Run automated cleaning on `provide` and after tear down; default: true.
     pub automated_clean: bool,
@@ -73,6 +75,13 @@ pub struct ConductorConfig {
     /// `[pxe]image_cache_ttl`); default: 604800 s (a week).
     #[serde(with = "seconds")]
     pub image_cache_ttl: Duration,
+    /// How the ipmitool power and management interfaces talk to BMCs
+    /// (Ironic's `[ipmi]` options), `[conductor.ipmi]` in ferricd.toml:
+    /// min_command_interval (5 s), command_retry_timeout (60 s),
+    /// command_timeout (60 s), power_state_change_timeout (60 s),
+    /// soft_power_off_timeout (600 s), disable_boot_timeout (true),
+    /// default_boot_mode ("uefi"), ipmitool ("ipmitool").
+    pub ipmi: IpmiOptions,
 }
 
 impl Default for ConductorConfig {
@@ -97,6 +106,7 @@ impl Default for ConductorConfig {
             file_url_allowed_paths: Vec::new(),
             image_cache_size_mib: 20480,
             image_cache_ttl: Duration::from_secs(7 * 24 * 3600),
+            ipmi: IpmiOptions::default(),
         }
     }
 }

@@ -49,7 +49,8 @@ impl Conductor {
     pub async fn start(store: Store, config: ConductorConfig) -> Result<Conductor, ConductorError> {
         let direct = config.direct_options().map_err(ConductorError::Config)?;
         let registry = DriverRegistry::new(&config.enabled_hardware_types, direct)
-            .map_err(|e| ConductorError::Config(e.to_string()))?;
+            .map_err(|e| ConductorError::Config(e.to_string()))?
+            .with_ipmi_options(config.ipmi.clone());
         let conductor = Conductor {
             inner: Arc::new(Inner {
                 store,

@@ -12,6 +12,7 @@ mod error;
 pub mod fake;
 pub mod image_cache;
 mod interfaces;
+pub mod ipmi;
 mod registry;
 
 pub use error::DriverError;

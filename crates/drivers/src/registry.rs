@@ -6,6 +6,7 @@ use crate::direct::{DirectDeploy, DirectOptions};
 use crate::fake::{FakeBoot, FakeDeploy, FakeInspect, FakeManagement, FakePower};
 use crate::image_cache::ImageCache;
 use crate::interfaces::*;
+use crate::ipmi::{IpmiManagement, IpmiOptions, IpmiPower, IpmiTool};
 use crate::DriverError;
 use ferric_types::{Node, INTERFACE_NAMES};
 use serde::Serialize;
@@ -52,6 +53,31 @@ impl HardwareType {
         ]);
         HardwareType {
             name: "fake-hardware",
+            interfaces,
+        }
+    }
+
+    /// Ironic's `ipmi`: power and management through ipmitool. Boot is
+    /// `fake` until Ferric has a PXE boot interface; the deploy interface
+    /// defaults to `direct`, as in Ironic.
+    fn ipmi() -> HardwareType {
+        let interfaces = BTreeMap::from([
+            ("bios", vec!["no-bios"]),
+            ("boot", vec!["fake"]),
+            ("console", vec!["no-console"]),
+            ("deploy", vec!["direct", "fake"]),
+            ("firmware", vec!["no-firmware"]),
+            ("inspect", vec!["no-inspect"]),
+            ("management", vec!["ipmitool"]),
+            ("network", vec!["noop", "flat"]),
+            ("power", vec!["ipmitool"]),
+            ("raid", vec!["no-raid"]),
+            ("rescue", vec!["no-rescue"]),
+            ("storage", vec!["noop"]),
+            ("vendor", vec!["no-vendor"]),
+        ]);
+        HardwareType {
+            name: "ipmi",
             interfaces,
         }
     }
@@ -128,6 +154,8 @@ pub struct DriverRegistry {
     hardware_types: Vec<HardwareType>,
     fake_power: Arc<FakePower>,
     fake_management: Arc<FakeManagement>,
+    ipmi_power: Arc<IpmiPower>,
+    ipmi_management: Arc<IpmiManagement>,
     agent: AgentClient,
     direct: Arc<DirectOptions>,
 }
@@ -135,11 +163,12 @@ pub struct DriverRegistry {
 impl DriverRegistry {
     /// The hardware types Ferric knows.
     pub fn known_hardware_types() -> Vec<HardwareType> {
-        vec![HardwareType::fake_hardware()]
+        vec![HardwareType::fake_hardware(), HardwareType::ipmi()]
     }
 
     /// A registry with the named hardware types enabled; `direct` is how
-    /// the direct deploy interface handles images.
+    /// the direct deploy interface handles images. The ipmitool interfaces
+    /// use [`IpmiOptions::default`] until [`Self::with_ipmi_options`].
     pub fn new(enabled: &[String], direct: DirectOptions) -> Result<DriverRegistry, DriverError> {
         let known = Self::known_hardware_types();
         let mut hardware_types = Vec::new();
@@ -152,13 +181,24 @@ impl DriverRegistry {
             })?;
             hardware_types.push(hw.clone());
         }
+        let ipmi = Arc::new(IpmiTool::new(IpmiOptions::default()));
         Ok(DriverRegistry {
             hardware_types,
             fake_power: Arc::default(),
             fake_management: Arc::default(),
+            ipmi_power: Arc::new(IpmiPower::new(ipmi.clone())),
+            ipmi_management: Arc::new(IpmiManagement::new(ipmi)),
             agent: AgentClient::default(),
             direct: Arc::new(direct),
         })
+    }
+
+    /// How the ipmitool interfaces reach BMCs (Ironic's `[ipmi]` options).
+    pub fn with_ipmi_options(mut self, options: IpmiOptions) -> DriverRegistry {
+        let tool = Arc::new(IpmiTool::new(options));
+        self.ipmi_power = Arc::new(IpmiPower::new(tool.clone()));
+        self.ipmi_management = Arc::new(IpmiManagement::new(tool));
+        self
     }
 
     /// The image cache of `image_download_source=local`, if configured.
@@ -225,11 +265,20 @@ impl DriverRegistry {
             "direct" => Arc::new(DirectDeploy::new(self.agent.clone(), self.direct.clone())),
             _ => Arc::new(FakeDeploy),
         };
+        let power: Arc<dyn PowerInterface> = match implementations["power"].as_str() {
+            "ipmitool" => self.ipmi_power.clone(),
+            _ => self.fake_power.clone(),
+        };
+        let management: Arc<dyn ManagementInterface> = match implementations["management"].as_str()
+        {
+            "ipmitool" => self.ipmi_management.clone(),
+            _ => self.fake_management.clone(),
+        };
         Ok(NodeDriver {
             hardware_type: hw.name,
             implementations,
-            power: self.fake_power.clone(),
-            management: self.fake_management.clone(),
+            power,
+            management,
             boot: Arc::new(FakeBoot),
             deploy,
             inspect,
@@ -275,6 +324,44 @@ mod tests {
         let mut node = Node::new(uuid::Uuid::new_v4(), "no-such", ProvisionState::Enroll);
         assert!(registry().resolve_interfaces(&mut node).is_err());
         assert!(DriverRegistry::new(&["no-such".to_string()], DirectOptions::default()).is_err());
+    }
+
+    #[test]
+    fn ipmi_nodes_get_the_ipmitool_interfaces() {
+        let reg = DriverRegistry::new(
+            &["fake-hardware".to_string(), "ipmi".to_string()],
+            DirectOptions::default(),
+        )
+        .unwrap();
+        let mut node = Node::new(uuid::Uuid::new_v4(), "ipmi", ProvisionState::Enroll);
+        reg.resolve_interfaces(&mut node).unwrap();
+        assert_eq!(node.power_interface.as_deref(), Some("ipmitool"));
+        assert_eq!(node.management_interface.as_deref(), Some("ipmitool"));
+        assert_eq!(node.deploy_interface.as_deref(), Some("direct"));
+        assert_eq!(node.boot_interface.as_deref(), Some("fake"));
+        let driver = reg.node_driver(&node).unwrap();
+        let checks = driver.validate(&node);
+        assert_eq!(checks["power"].result, Some(false));
+        assert!(checks["power"]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("ipmi_address"));
+        node.driver_info
+            .insert("ipmi_address".into(), serde_json::json!("192.0.2.1"));
+        let checks = driver.validate(&node);
+        assert_eq!(checks["power"].result, Some(true));
+        assert_eq!(checks["management"].result, Some(true));
+        assert!(driver.power.supports_soft_power());
+
+        // fake-hardware nodes keep the fake interfaces; ipmitool is not theirs.
+        let mut fake = Node::new(
+            uuid::Uuid::new_v4(),
+            "fake-hardware",
+            ProvisionState::Enroll,
+        );
+        fake.power_interface = Some("ipmitool".into());
+        assert!(reg.resolve_interfaces(&mut fake).is_err());
     }
 
     #[test]

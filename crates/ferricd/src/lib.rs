@@ -240,6 +240,7 @@ mod tests {
             config.conductor.deploy_callback_timeout,
             defaults.conductor.deploy_callback_timeout
         );
+        assert_eq!(config.conductor.ipmi, defaults.conductor.ipmi);
     }
 
     #[test]
