@@ -83,6 +83,11 @@ test: deps
 	step fmt $(CARGO) fmt --all -- --check || true
 	step clippy $(CARGO) clippy --workspace --all-targets -- -D warnings || true
 	if step build $(CARGO) build --workspace; then
+		# The ramdisk's boot test takes the static agent and the kernel that
+		# install-deps fetched, and must not skip for want of them.
+		agent_static() { FERRIC_AGENT_STATIC=$$(scripts/build-agent-static) && export FERRIC_AGENT_STATIC; }
+		step agent-static agent_static || true
+		export FERRIC_REQUIRE_KERNEL=1
 		rust_tests() {
 			$(rust_tests)
 		}

@@ -4,6 +4,7 @@
 mod client;
 mod image;
 mod output;
+pub mod ramdisk;
 mod wait;
 
 pub use client::{error_message, ClientError, IronicClient};
@@ -63,6 +64,9 @@ pub enum Command {
     /// Config drives: build one from files or from Ironic's dict form.
     #[command(subcommand)]
     Configdrive(image::ConfigdriveCommand),
+    /// The deploy ramdisk: build the initramfs, make a bootable ISO.
+    #[command(subcommand)]
+    Ramdisk(ramdisk::RamdiskCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -437,6 +441,7 @@ fn execute(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Image(cmd) => image::image_command(cli.format, cmd),
         Command::Configdrive(cmd) => image::configdrive_command(cmd),
+        Command::Ramdisk(cmd) => ramdisk::ramdisk_command(cmd),
         Command::Node(cmd) => node_command(&client(), &out, cmd),
         Command::Port(cmd) => port_command(&client(), &out, cmd),
         Command::Driver(ListOnly::List) => {
