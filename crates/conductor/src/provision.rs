@@ -520,21 +520,8 @@ impl Conductor {
         driver: &NodeDriver,
         kind: StepKind,
     ) -> Result<Outcome, DriverError> {
-        let steps: Vec<Step> = node
-            .driver_internal_info
-            .get(&internal_key(kind, STEP_LIST_KEY))
-            .cloned()
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| {
-                DriverError::Failed(format!("stored {} steps are corrupt: {e}", kind.as_str()))
-            })?
-            .unwrap_or_default();
-        let start = node
-            .driver_internal_info
-            .get(&internal_key(kind, STEP_INDEX_KEY))
-            .and_then(Value::as_u64)
-            .unwrap_or(0) as usize;
+        let steps = stored_steps(node, kind, STEP_LIST_KEY).map_err(DriverError::Failed)?;
+        let start = stored_index(node, kind);
         for (index, step) in steps.iter().enumerate().skip(start) {
             node.driver_internal_info
                 .insert(internal_key(kind, STEP_INDEX_KEY), Value::from(index));
@@ -657,15 +644,29 @@ fn store_steps(node: &mut Node, kind: StepKind, steps: &[Step]) {
         .insert(internal_key(kind, STEP_INDEX_KEY), Value::from(0));
 }
 
-fn advance_step_index(node: &mut Node, kind: StepKind) {
-    let key = internal_key(kind, STEP_INDEX_KEY);
-    let index = node
-        .driver_internal_info
-        .get(&key)
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+/// A step list kept in driver_internal_info under `what` (none: empty).
+fn stored_steps(node: &Node, kind: StepKind, what: &str) -> Result<Vec<Step>, String> {
     node.driver_internal_info
-        .insert(key, Value::from(index + 1));
+        .get(&internal_key(kind, what))
+        .cloned()
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| format!("stored {} steps are corrupt: {e}", kind.as_str()))
+        .map(Option::unwrap_or_default)
+}
+
+/// The index of the step of `kind` the node is at.
+fn stored_index(node: &Node, kind: StepKind) -> usize {
+    node.driver_internal_info
+        .get(&internal_key(kind, STEP_INDEX_KEY))
+        .and_then(Value::as_u64)
+        .unwrap_or(0) as usize
+}
+
+fn advance_step_index(node: &mut Node, kind: StepKind) {
+    let next = stored_index(node, kind) + 1;
+    node.driver_internal_info
+        .insert(internal_key(kind, STEP_INDEX_KEY), Value::from(next));
 }
 
 impl Conductor {
@@ -763,27 +764,9 @@ impl Conductor {
             agent_steps_key(kind),
             serde_json::to_value(&agent).unwrap_or(Value::Null),
         );
-        let stored: Vec<Step> = node
-            .driver_internal_info
-            .get(&internal_key(kind, STEP_LIST_KEY))
-            .cloned()
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| format!("stored {} steps are corrupt: {e}", kind.as_str()))?
-            .unwrap_or_default();
-        let requested: Vec<Step> = node
-            .driver_internal_info
-            .get(&internal_key(kind, STEP_REQUESTED_KEY))
-            .cloned()
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| format!("stored {} steps are corrupt: {e}", kind.as_str()))?
-            .unwrap_or_default();
-        let done = node
-            .driver_internal_info
-            .get(&internal_key(kind, STEP_INDEX_KEY))
-            .and_then(Value::as_u64)
-            .unwrap_or(0) as usize;
+        let stored = stored_steps(node, kind, STEP_LIST_KEY)?;
+        let requested = stored_steps(node, kind, STEP_REQUESTED_KEY)?;
+        let done = stored_index(node, kind);
         let manual = match kind {
             StepKind::Deploy => false,
             StepKind::Clean => node.target_provision_state == Some(ProvisionState::Manageable),
