@@ -73,8 +73,21 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def write_config(path: Path, conductor: dict[str, Any]) -> Path:
-    lines = ["[conductor]"] + [f"{key} = {toml_value(value)}" for key, value in conductor.items()]
+def toml_table(name: str, values: dict[str, Any]) -> list[str]:
+    """A table and, for dict values, its sub-tables ([conductor.pxe])."""
+    lines = [f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for key, value in values.items():
+        if isinstance(value, dict):
+            lines += toml_table(f"{name}.{key}", value)
+    return lines
+
+
+def write_config(path: Path, conductor: dict[str, Any], sections: dict[str, dict[str, Any]] | None = None) -> Path:
+    """ferricd.toml: `conductor` is [conductor] (dict values become its
+    sub-tables), `sections` other top-level tables such as [dnsmasq]."""
+    lines = toml_table("conductor", conductor)
+    for name, values in (sections or {}).items():
+        lines += toml_table(name, values)
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -89,6 +102,7 @@ class Ferricd:
         database: str | None = None,
         hostname: str = "ferric-test",
         conductor: dict[str, Any] | None = None,
+        sections: dict[str, dict[str, Any]] | None = None,
         name: str = "ferricd",
     ) -> None:
         self.bin = binary("FERRICD_BIN", "ferricd")
@@ -97,7 +111,9 @@ class Ferricd:
         self.database = database or f"sqlite://{workdir / 'ferric.sqlite'}"
         self.hostname = hostname
         self.name = name
-        self.config = write_config(workdir / f"{name}.toml", conductor) if conductor else None
+        self.config = (
+            write_config(workdir / f"{name}.toml", conductor or {}, sections) if conductor or sections else None
+        )
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self.port = 0

@@ -113,11 +113,24 @@ pub async fn serve(
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
         })?;
     let (file, len) = opened.ok_or_else(not_found)?;
+    let etag = format!("\"{name}\"");
+    file_response(file, len, Some(&etag), &method, &headers).await
+}
+
+/// Answers GET or HEAD for an open file of `len` bytes, honouring a single
+/// byte range.
+pub async fn file_response(
+    file: std::fs::File,
+    len: u64,
+    etag: Option<&str>,
+    method: &Method,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let range = parse_range(
         headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
         len,
     );
-    let etag = HeaderValue::from_str(&format!("\"{name}\"")).ok();
+    let etag = etag.and_then(|e| HeaderValue::from_str(e).ok());
     let (status, start, count) = match range {
         RangeRequest::Whole => (StatusCode::OK, 0, len),
         RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.end - r.start + 1),
@@ -129,7 +142,7 @@ pub async fn serve(
             return Ok(response);
         }
     };
-    let body = if method == Method::HEAD {
+    let body = if *method == Method::HEAD {
         Body::empty()
     } else {
         let mut file = tokio::fs::File::from_std(file);

@@ -5,6 +5,7 @@
 //! through [`error::ApiError`].
 
 mod body;
+mod boot;
 mod drivers;
 pub mod error;
 mod fields;
@@ -151,6 +152,20 @@ pub fn router(state: AppState) -> Router {
     // routes answer HEAD too.
     let image_path = format!("{}/{{name}}", ferric_drivers::direct::IMAGES_PATH);
     router = router.route(&image_path, get(images::serve));
+    // Network boot (ipxe boot interface).
+    router = router
+        .route(
+            &format!("{}/boot.ipxe", boot::BOOT_PATH),
+            get(boot::entry_script),
+        )
+        .route(
+            &format!("{}/ipxe/{{mac}}", boot::BOOT_PATH),
+            get(boot::node_script),
+        )
+        .route(
+            &format!("{}/deploy/{{name}}", boot::BOOT_PATH),
+            get(boot::deploy_file),
+        );
     router
         .fallback(root::not_found)
         .method_not_allowed_fallback(root::method_not_allowed)

@@ -17,6 +17,7 @@ use ferric_conductor::{ConductorError, ProvisionRequest};
 use ferric_drivers::BootDevice;
 use ferric_state_machine::Verb;
 use ferric_store::{NodeIdent, NodeQuery, NODE_SORT_KEYS};
+use ferric_types::kernel_params;
 use ferric_types::{Node, PowerState, ProvisionState, Step};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -98,6 +99,9 @@ fn check_node_field(key: &str, value: &mut Value) -> Result<(), String> {
             if !value.is_object() {
                 return Err(wrong("an object"));
             }
+            if matches!(key, "driver_info" | "instance_info") {
+                check_kernel_params(key, value)?;
+            }
         }
         "driver" => {
             if value.as_str().is_none_or(|s| s.is_empty()) {
@@ -164,6 +168,26 @@ fn check_node_field(key: &str, value: &mut Value) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The kernel command lines of driver_info and instance_info go into boot
+/// scripts: one line, nothing iPXE would run or expand (the check is the
+/// strictest boot loader's).
+fn check_kernel_params(field: &str, value: &Value) -> Result<(), String> {
+    for key in KERNEL_PARAM_KEYS {
+        match value.get(*key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(params)) => {
+                kernel_params::validate(params, kernel_params::BootLoader::Ipxe)
+                    .map_err(|e| format!("Invalid {field}/{key}: {e}"))?;
+            }
+            Some(_) => return Err(format!("Invalid {field}/{key}: expected a string")),
+        }
+    }
+    Ok(())
+}
+
+/// driver_info and instance_info keys that hold kernel parameters.
+const KERNEL_PARAM_KEYS: &[&str] = &["kernel_append_params", "ramdisk_kernel_arguments"];
 
 fn bad(message: String) -> ApiError {
     ApiError::bad_request(message)

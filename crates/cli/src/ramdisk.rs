@@ -17,6 +17,8 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use clap::{Args, Subcommand, ValueEnum};
+use ferric_types::kernel_params;
+pub use ferric_types::kernel_params::KernelParamsError;
 
 #[derive(Debug, Subcommand)]
 pub enum RamdiskCommand {
@@ -163,7 +165,7 @@ const MAX_MODULE_SIZE: u64 = 256 << 20;
 
 /// The longest kernel command line accepted: x86's COMMAND_LINE_SIZE is
 /// 2048 bytes, and the boot loaders prepend BOOT_IMAGE= and initrd=.
-pub const MAX_KERNEL_PARAMS_LEN: usize = 1900;
+pub const MAX_KERNEL_PARAMS_LEN: usize = kernel_params::MAX_LEN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RamdiskError {
@@ -933,49 +935,10 @@ fn check_static(what: &'static str, path: &Path, hint: &'static str) -> Result<(
     }
 }
 
-/// Why a kernel command line is refused.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum KernelParamsError {
-    #[error("the kernel parameters must be one line (a line break at byte {at})")]
-    LineBreak { at: usize },
-    #[error("the kernel parameters hold a control character ({byte:#04x}) at byte {at}")]
-    ControlCharacter { at: usize, byte: u8 },
-    #[error("the kernel parameters must be ASCII (a non-ASCII character at byte {at})")]
-    NotAscii { at: usize },
-    #[error(
-        "the kernel parameters hold {character:?} at byte {at}: quotes and backslashes are \
-         refused because GRUB escapes them before the kernel sees them"
-    )]
-    Quote { at: usize, character: char },
-    #[error("the kernel parameters are {len} bytes long; at most {max} are accepted")]
-    TooLong { len: usize, max: usize },
-}
-
 /// Checks a kernel command line that goes into the ISO's boot loader
-/// configurations and returns its words.
+/// configurations (which quote every word) and returns its words.
 pub fn validate_kernel_params(params: &str) -> Result<Vec<String>, KernelParamsError> {
-    if params.len() > MAX_KERNEL_PARAMS_LEN {
-        return Err(KernelParamsError::TooLong {
-            len: params.len(),
-            max: MAX_KERNEL_PARAMS_LEN,
-        });
-    }
-    for (at, c) in params.char_indices() {
-        match c {
-            '\n' | '\r' => return Err(KernelParamsError::LineBreak { at }),
-            c if c.is_ascii_control() => {
-                return Err(KernelParamsError::ControlCharacter { at, byte: c as u8 })
-            }
-            c if !c.is_ascii() => return Err(KernelParamsError::NotAscii { at }),
-            '"' | '\'' | '\\' => return Err(KernelParamsError::Quote { at, character: c }),
-            _ => {}
-        }
-    }
-    Ok(params
-        .split(' ')
-        .filter(|w| !w.is_empty())
-        .map(str::to_string)
-        .collect())
+    kernel_params::validate(params, kernel_params::BootLoader::Quoted)
 }
 
 pub struct BuildOptions {

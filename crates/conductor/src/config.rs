@@ -1,6 +1,7 @@
 use ferric_drivers::direct::{DirectOptions, ImageDownloadSource};
 use ferric_drivers::image_cache::{CacheConfig, ImageCache};
 use ferric_drivers::ipmi::IpmiOptions;
+use ferric_drivers::ipxe::PxeOptions;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -82,6 +83,12 @@ pub struct ConductorConfig {
     /// soft_power_off_timeout (600 s), disable_boot_timeout (true),
     /// default_boot_mode ("uefi"), ipmitool ("ipmitool").
     pub ipmi: IpmiOptions,
+    /// How the ipxe boot interface boots nodes (Ironic's `[pxe]`),
+    /// `[conductor.pxe]` in ferricd.toml: http_url (default
+    /// image_url_base), api_url, deploy_kernel, deploy_ramdisk,
+    /// kernel_append_params, ipxe_template, dhcp_hosts_dir, dhcp_tag,
+    /// dnsmasq_pid_file, default_boot_mode.
+    pub pxe: PxeOptions,
 }
 
 impl Default for ConductorConfig {
@@ -107,6 +114,7 @@ impl Default for ConductorConfig {
             image_cache_size_mib: 20480,
             image_cache_ttl: Duration::from_secs(7 * 24 * 3600),
             ipmi: IpmiOptions::default(),
+            pxe: PxeOptions::default(),
         }
     }
 }
@@ -137,6 +145,18 @@ impl ConductorConfig {
             image_url_base: self.image_url_base.clone(),
             image_cache: Some(cache),
         })
+    }
+}
+
+impl ConductorConfig {
+    /// The ipxe boot interface's options, its URL defaulting to where
+    /// agents reach this server for images.
+    pub(crate) fn pxe_options(&self) -> PxeOptions {
+        let mut pxe = self.pxe.clone();
+        if pxe.http_url.is_none() {
+            pxe.http_url = self.image_url_base.clone();
+        }
+        pxe
     }
 }
 

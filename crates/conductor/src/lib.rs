@@ -50,7 +50,9 @@ impl Conductor {
         let direct = config.direct_options().map_err(ConductorError::Config)?;
         let registry = DriverRegistry::new(&config.enabled_hardware_types, direct)
             .map_err(|e| ConductorError::Config(e.to_string()))?
-            .with_ipmi_options(config.ipmi.clone());
+            .with_ipmi_options(config.ipmi.clone())
+            .with_pxe_options(config.pxe_options())
+            .map_err(|e| ConductorError::Config(e.to_string()))?;
         let conductor = Conductor {
             inner: Arc::new(Inner {
                 store,

@@ -4,9 +4,9 @@ use crate::steps::{
     is_reserved, manual_steps_allowing, merge_steps, merge_steps_allowing, replan, with_agent_steps,
 };
 use crate::{Conductor, ConductorError};
-use ferric_drivers::{AgentStepState, DriverError, NodeDriver, StepContext, StepKind, StepOutcome};
+use ferric_drivers::{AgentStepState, DriverError, NodeDriver, StepKind, StepOutcome};
 use ferric_state_machine::{next, Action, Event, Verb};
-use ferric_store::NodeIdent;
+use ferric_store::{NodeIdent, PortQuery};
 use ferric_types::{Node, PowerState, ProvisionState, Step, StepInterface};
 use serde_json::{Map, Value};
 
@@ -308,7 +308,17 @@ impl Conductor {
 
     /// Runs `action` and every action that follows from its outcome, then
     /// saves the node and releases its lock.
-    async fn run(&self, mut node: Node, driver: NodeDriver, first: Work) {
+    async fn run(&self, mut node: Node, mut driver: NodeDriver, first: Work) {
+        let ports = PortQuery {
+            node_uuid: Some(node.uuid),
+            ..Default::default()
+        };
+        match self.store().list_ports(&ports).await {
+            Ok(ports) => driver.ports = ports,
+            Err(e) => {
+                tracing::warn!(node = %node.uuid, error = %e, "could not list the node's ports")
+            }
+        }
         let mut work = first;
         loop {
             let outcome = match work {
@@ -406,12 +416,18 @@ impl Conductor {
                     Ok(Outcome::Done)
                 }
                 Action::Deploy => {
-                    driver.boot.prepare_ramdisk(node).await?;
+                    driver
+                        .boot
+                        .prepare_ramdisk(node, driver.boot_context())
+                        .await?;
                     Ok(self.steps_phase(node, driver, StepKind::Deploy).await)
                 }
                 Action::TearDown => {
                     driver.deploy.tear_down(node).await?;
-                    driver.boot.clean_up_instance(node).await?;
+                    driver
+                        .boot
+                        .clean_up_instance(node, driver.boot_context())
+                        .await?;
                     if !node.disable_power_off {
                         driver
                             .power
@@ -456,13 +472,22 @@ impl Conductor {
                     Ok(Outcome::Done)
                 }
                 Action::Rescue => {
-                    driver.boot.prepare_ramdisk(node).await?;
+                    driver
+                        .boot
+                        .prepare_ramdisk(node, driver.boot_context())
+                        .await?;
                     Ok(Outcome::Done)
                 }
                 Action::Unrescue => {
                     node.instance_info.remove("rescue_password");
-                    driver.boot.clean_up_ramdisk(node).await?;
-                    driver.boot.prepare_instance(node).await?;
+                    driver
+                        .boot
+                        .clean_up_ramdisk(node, driver.boot_context())
+                        .await?;
+                    driver
+                        .boot
+                        .prepare_instance(node, driver.boot_context())
+                        .await?;
                     Ok(Outcome::Done)
                 }
                 Action::Unhold => {
@@ -488,8 +513,14 @@ impl Conductor {
             if let (Outcome::Done, StepKind::Deploy, false) =
                 (&outcome, kind, driver.deploy.boots_instance())
             {
-                driver.boot.clean_up_ramdisk(node).await?;
-                driver.boot.prepare_instance(node).await?;
+                driver
+                    .boot
+                    .clean_up_ramdisk(node, driver.boot_context())
+                    .await?;
+                driver
+                    .boot
+                    .prepare_instance(node, driver.boot_context())
+                    .await?;
                 driver.power.reboot(node, false, None).await?;
                 node.power_state = Some(PowerState::On);
             }
@@ -497,7 +528,10 @@ impl Conductor {
                 (&outcome, kind, driver.deploy.uses_agent())
             {
                 // Cleaning ran in the ramdisk: leave the node off, ramdisk gone.
-                driver.boot.clean_up_ramdisk(node).await?;
+                driver
+                    .boot
+                    .clean_up_ramdisk(node, driver.boot_context())
+                    .await?;
                 if !node.disable_power_off {
                     driver
                         .power
@@ -540,11 +574,7 @@ impl Conductor {
             } else {
                 match step.interface {
                     StepInterface::Deploy => {
-                        let context = StepContext {
-                            power: driver.power.as_ref(),
-                            management: driver.management.as_ref(),
-                            boot: driver.boot.as_ref(),
-                        };
+                        let context = driver.step_context();
                         driver.deploy.execute_step(node, kind, step, context).await
                     }
                     other => Err(DriverError::Unsupported(format!(

@@ -408,7 +408,10 @@ impl DirectDeploy {
                 Ok(StepOutcome::Wait)
             }
             "prepare_instance_boot" => {
-                context.boot.prepare_instance(node).await?;
+                context
+                    .boot
+                    .prepare_instance(node, context.boot_context())
+                    .await?;
                 context
                     .management
                     .set_boot_device(node, BootDevice::Disk, true)
@@ -426,7 +429,10 @@ impl DirectDeploy {
                 Ok(StepOutcome::Done)
             }
             "boot_instance" => {
-                context.boot.clean_up_ramdisk(node).await?;
+                context
+                    .boot
+                    .clean_up_ramdisk(node, context.boot_context())
+                    .await?;
                 context
                     .power
                     .set_power_state(node, PowerState::On, None)
@@ -470,7 +476,10 @@ impl DirectDeploy {
         context: StepContext<'_>,
     ) -> Result<StepOutcome, DriverError> {
         if !node.driver_internal_info.contains_key("agent_url") {
-            context.boot.prepare_ramdisk(node).await?;
+            context
+                .boot
+                .prepare_ramdisk(node, context.boot_context())
+                .await?;
             context.power.reboot(node, false, None).await?;
             node.power_state = Some(PowerState::On);
             node.driver_internal_info

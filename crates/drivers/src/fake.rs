@@ -180,16 +180,24 @@ impl BootInterface for FakeBoot {
     fn validate(&self, node: &Node) -> Result<(), DriverError> {
         should_fail(node, "validate")
     }
-    async fn prepare_ramdisk(&self, node: &mut Node) -> Result<(), DriverError> {
+    async fn prepare_ramdisk(
+        &self,
+        node: &mut Node,
+        _: BootContext<'_>,
+    ) -> Result<(), DriverError> {
         should_fail(node, "prepare")
     }
-    async fn clean_up_ramdisk(&self, _node: &mut Node) -> Result<(), DriverError> {
+    async fn clean_up_ramdisk(&self, _: &mut Node, _: BootContext<'_>) -> Result<(), DriverError> {
         Ok(())
     }
-    async fn prepare_instance(&self, node: &mut Node) -> Result<(), DriverError> {
+    async fn prepare_instance(
+        &self,
+        node: &mut Node,
+        _: BootContext<'_>,
+    ) -> Result<(), DriverError> {
         should_fail(node, "prepare")
     }
-    async fn clean_up_instance(&self, _node: &mut Node) -> Result<(), DriverError> {
+    async fn clean_up_instance(&self, _: &mut Node, _: BootContext<'_>) -> Result<(), DriverError> {
         Ok(())
     }
 }

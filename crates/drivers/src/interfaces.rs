@@ -3,7 +3,7 @@
 
 use crate::DriverError;
 use async_trait::async_trait;
-use ferric_types::{Node, PowerState, Step, StepInterface};
+use ferric_types::{Node, Port, PowerState, Step, StepInterface};
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
@@ -151,15 +151,40 @@ pub trait ManagementInterface: Send + Sync {
     ) -> Result<(), DriverError>;
 }
 
+/// What a boot interface uses besides the node: its management interface
+/// (to set the boot device) and its ports (MAC addresses for DHCP and boot
+/// scripts).
+#[derive(Clone, Copy)]
+pub struct BootContext<'a> {
+    pub management: &'a dyn ManagementInterface,
+    pub ports: &'a [Port],
+}
+
 #[async_trait]
 pub trait BootInterface: Send + Sync {
     fn validate(&self, node: &Node) -> Result<(), DriverError>;
     /// Makes the node boot the deploy ramdisk on its next power on.
-    async fn prepare_ramdisk(&self, node: &mut Node) -> Result<(), DriverError>;
-    async fn clean_up_ramdisk(&self, node: &mut Node) -> Result<(), DriverError>;
+    async fn prepare_ramdisk(
+        &self,
+        node: &mut Node,
+        context: BootContext<'_>,
+    ) -> Result<(), DriverError>;
+    async fn clean_up_ramdisk(
+        &self,
+        node: &mut Node,
+        context: BootContext<'_>,
+    ) -> Result<(), DriverError>;
     /// Makes the node boot its instance on its next power on.
-    async fn prepare_instance(&self, node: &mut Node) -> Result<(), DriverError>;
-    async fn clean_up_instance(&self, node: &mut Node) -> Result<(), DriverError>;
+    async fn prepare_instance(
+        &self,
+        node: &mut Node,
+        context: BootContext<'_>,
+    ) -> Result<(), DriverError>;
+    async fn clean_up_instance(
+        &self,
+        node: &mut Node,
+        context: BootContext<'_>,
+    ) -> Result<(), DriverError>;
 }
 
 /// The node's other interfaces, for deploy steps that power the node or set
@@ -169,6 +194,17 @@ pub struct StepContext<'a> {
     pub power: &'a dyn PowerInterface,
     pub management: &'a dyn ManagementInterface,
     pub boot: &'a dyn BootInterface,
+    pub ports: &'a [Port],
+}
+
+impl<'a> StepContext<'a> {
+    /// What the boot interface's calls take.
+    pub fn boot_context(&self) -> BootContext<'a> {
+        BootContext {
+            management: self.management,
+            ports: self.ports,
+        }
+    }
 }
 
 #[async_trait]

@@ -13,11 +13,13 @@ pub mod fake;
 pub mod image_cache;
 mod interfaces;
 pub mod ipmi;
+pub mod ipxe;
 mod registry;
 
 pub use error::DriverError;
 pub use interfaces::{
-    AgentStepState, BootDevice, BootDeviceInfo, BootInterface, DeployInterface, InspectInterface,
-    ManagementInterface, PowerInterface, StepContext, StepDefinition, StepKind, StepOutcome,
+    AgentStepState, BootContext, BootDevice, BootDeviceInfo, BootInterface, DeployInterface,
+    InspectInterface, ManagementInterface, PowerInterface, StepContext, StepDefinition, StepKind,
+    StepOutcome,
 };
 pub use registry::{DriverRegistry, HardwareType, InterfaceValidation, NodeDriver};

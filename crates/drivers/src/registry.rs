@@ -7,8 +7,9 @@ use crate::fake::{FakeBoot, FakeDeploy, FakeInspect, FakeManagement, FakePower};
 use crate::image_cache::ImageCache;
 use crate::interfaces::*;
 use crate::ipmi::{IpmiManagement, IpmiOptions, IpmiPower, IpmiTool};
+use crate::ipxe::{IpxeBoot, PxeOptions};
 use crate::DriverError;
-use ferric_types::{Node, INTERFACE_NAMES};
+use ferric_types::{Node, Port, INTERFACE_NAMES};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,7 +39,7 @@ impl HardwareType {
     fn fake_hardware() -> HardwareType {
         let interfaces = BTreeMap::from([
             ("bios", vec!["no-bios", "fake"]),
-            ("boot", vec!["fake"]),
+            ("boot", vec!["fake", "ipxe"]),
             ("console", vec!["no-console", "fake"]),
             ("deploy", vec!["fake", "direct"]),
             ("firmware", vec!["no-firmware", "fake"]),
@@ -57,13 +58,13 @@ impl HardwareType {
         }
     }
 
-    /// Ironic's `ipmi`: power and management through ipmitool. Boot is
-    /// `fake` until Ferric has a PXE boot interface; the deploy interface
-    /// defaults to `direct`, as in Ironic.
+    /// Ironic's `ipmi`: power and management through ipmitool, network
+    /// boot through iPXE; the deploy interface defaults to `direct`, as in
+    /// Ironic.
     fn ipmi() -> HardwareType {
         let interfaces = BTreeMap::from([
             ("bios", vec!["no-bios"]),
-            ("boot", vec!["fake"]),
+            ("boot", vec!["ipxe", "fake"]),
             ("console", vec!["no-console"]),
             ("deploy", vec!["direct", "fake"]),
             ("firmware", vec!["no-firmware"]),
@@ -104,9 +105,30 @@ pub struct NodeDriver {
     pub deploy: Arc<dyn DeployInterface>,
     /// None for `no-inspect`.
     pub inspect: Option<Arc<dyn InspectInterface>>,
+    /// The node's ports, which the conductor loads before it works on the
+    /// node (boot interfaces need their MAC addresses).
+    pub ports: Vec<Port>,
 }
 
 impl NodeDriver {
+    /// What the boot interface's calls take.
+    pub fn boot_context(&self) -> BootContext<'_> {
+        BootContext {
+            management: self.management.as_ref(),
+            ports: &self.ports,
+        }
+    }
+
+    /// What the deploy interface's steps take.
+    pub fn step_context(&self) -> StepContext<'_> {
+        StepContext {
+            power: self.power.as_ref(),
+            management: self.management.as_ref(),
+            boot: self.boot.as_ref(),
+            ports: &self.ports,
+        }
+    }
+
     /// Validates every interface, as Ironic's validate call does.
     pub fn validate(&self, node: &Node) -> BTreeMap<&'static str, InterfaceValidation> {
         let check = |r: Result<(), DriverError>| match r {
@@ -156,6 +178,7 @@ pub struct DriverRegistry {
     fake_management: Arc<FakeManagement>,
     ipmi_power: Arc<IpmiPower>,
     ipmi_management: Arc<IpmiManagement>,
+    ipxe: Arc<IpxeBoot>,
     agent: AgentClient,
     direct: Arc<DirectOptions>,
 }
@@ -188,6 +211,7 @@ impl DriverRegistry {
             fake_management: Arc::default(),
             ipmi_power: Arc::new(IpmiPower::new(ipmi.clone())),
             ipmi_management: Arc::new(IpmiManagement::new(ipmi)),
+            ipxe: Arc::new(IpxeBoot::new(PxeOptions::default())?),
             agent: AgentClient::default(),
             direct: Arc::new(direct),
         })
@@ -199,6 +223,19 @@ impl DriverRegistry {
         self.ipmi_power = Arc::new(IpmiPower::new(tool.clone()));
         self.ipmi_management = Arc::new(IpmiManagement::new(tool));
         self
+    }
+
+    /// How the ipxe boot interface boots nodes (Ironic's `[pxe]` options);
+    /// refused when they are inconsistent or the template does not compile.
+    pub fn with_pxe_options(mut self, options: PxeOptions) -> Result<DriverRegistry, DriverError> {
+        self.ipxe = Arc::new(IpxeBoot::new(options)?);
+        Ok(self)
+    }
+
+    /// The ipxe boot interface, which also renders the boot scripts
+    /// ferricd serves.
+    pub fn ipxe(&self) -> &IpxeBoot {
+        &self.ipxe
     }
 
     /// The image cache of `image_download_source=local`, if configured.
@@ -274,14 +311,19 @@ impl DriverRegistry {
             "ipmitool" => self.ipmi_management.clone(),
             _ => self.fake_management.clone(),
         };
+        let boot: Arc<dyn BootInterface> = match implementations["boot"].as_str() {
+            "ipxe" => self.ipxe.clone(),
+            _ => Arc::new(FakeBoot),
+        };
         Ok(NodeDriver {
             hardware_type: hw.name,
             implementations,
             power,
             management,
-            boot: Arc::new(FakeBoot),
+            boot,
             deploy,
             inspect,
+            ports: Vec::new(),
         })
     }
 }
@@ -338,7 +380,7 @@ mod tests {
         assert_eq!(node.power_interface.as_deref(), Some("ipmitool"));
         assert_eq!(node.management_interface.as_deref(), Some("ipmitool"));
         assert_eq!(node.deploy_interface.as_deref(), Some("direct"));
-        assert_eq!(node.boot_interface.as_deref(), Some("fake"));
+        assert_eq!(node.boot_interface.as_deref(), Some("ipxe"));
         let driver = reg.node_driver(&node).unwrap();
         let checks = driver.validate(&node);
         assert_eq!(checks["power"].result, Some(false));

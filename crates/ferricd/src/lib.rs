@@ -13,6 +13,8 @@ use ferric_store::Store;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+pub mod dnsmasq;
+use dnsmasq::DnsmasqConfig;
 
 /// Command line of `ferricd`.
 #[derive(Debug, Parser)]
@@ -66,6 +68,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Conductor behaviour (timeouts, hardware types, periodic tasks).
     pub conductor: ConductorConfig,
+    /// The DHCP and TFTP server ferricd can run for a one-box setup.
+    pub dnsmasq: DnsmasqConfig,
 }
 
 impl Default for Config {
@@ -77,6 +81,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             public_url: None,
             conductor: ConductorConfig::default(),
+            dnsmasq: DnsmasqConfig::default(),
         }
     }
 }
@@ -112,6 +117,13 @@ impl Config {
         }
         if config.conductor.image_url_base.is_none() {
             config.conductor.image_url_base = config.agent_image_url_base();
+        }
+        if config.dnsmasq.enabled {
+            // The managed dnsmasq reads the host entries the ipxe boot
+            // interface writes, and takes its SIGHUP.
+            let pxe = &mut config.conductor.pxe;
+            pxe.dhcp_hosts_dir = Some(config.dnsmasq.hosts_dir());
+            pxe.dnsmasq_pid_file = Some(config.dnsmasq.pid_file());
         }
         Ok(config)
     }
@@ -183,6 +195,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let conductor = Conductor::start(store, config.conductor.clone())
         .await
         .context("cannot start the conductor")?;
+    let dnsmasq = if config.dnsmasq.enabled {
+        let ipxe = conductor.registry().ipxe();
+        let base = ipxe.options().http_url.clone().context(
+            "[dnsmasq] needs the URL nodes reach ferricd at: set public_url or \
+             [conductor.pxe] http_url",
+        )?;
+        let boot_url = format!("{}/boot/boot.ipxe", base.trim_end_matches('/'));
+        Some(dnsmasq::Dnsmasq::start(&config.dnsmasq, &boot_url, &ipxe.options().dhcp_tag).await?)
+    } else {
+        None
+    };
     let mut periodic = conductor.spawn_periodic_tasks();
     periodic.extend(conductor.spawn_image_cache_cleanup(IMAGE_CACHE_CLEANUP_INTERVAL));
     let state = AppState::new(
@@ -202,6 +225,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         task.abort();
     }
     conductor.shutdown().await?;
+    if let Some(dnsmasq) = dnsmasq {
+        dnsmasq.stop().await;
+    }
     tracing::info!("ferricd stopped");
     Ok(())
 }
@@ -241,6 +267,8 @@ mod tests {
             defaults.conductor.deploy_callback_timeout
         );
         assert_eq!(config.conductor.ipmi, defaults.conductor.ipmi);
+        assert_eq!(config.conductor.pxe, defaults.conductor.pxe);
+        assert_eq!(config.dnsmasq, defaults.dnsmasq);
     }
 
     #[test]

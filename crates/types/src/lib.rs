@@ -4,6 +4,7 @@
 //! Ironic v1 API, so the same values flow from the store to the wire unchanged.
 //! No I/O lives in this crate.
 
+pub mod kernel_params;
 pub mod node;
 pub mod port;
 pub mod state;

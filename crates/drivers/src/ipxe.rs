@@ -1,0 +1,584 @@
+//! The `ipxe` boot interface: nodes network-boot iPXE, which fetches a
+//! script for their MAC address from ferricd's HTTP server
+//! (`GET /boot/ipxe/{mac}`). The script is rendered when it is asked for,
+//! from the node as it stands in the store, so every ferricd sharing a
+//! database answers the same and nothing on disk can go stale:
+//! - while the deploy ramdisk is prepared (`prepare_ramdisk` until
+//!   `clean_up_ramdisk`), it boots the deploy kernel and ramdisk with the
+//!   agent's parameters;
+//! - otherwise it boots the local disk, so a node that network-boots after
+//!   its deployment never loops back into the ramdisk.
+//!
+//! DHCP is dnsmasq's: for each PXE-enabled port, a file in its
+//! `--dhcp-hostsdir` tags the MAC `ferric`, and only tagged MACs get boot
+//! options (see `ferricd`'s managed dnsmasq). Entries go when the ramdisk is
+//! cleaned up; dnsmasq forgets removed entries only on SIGHUP, which is sent
+//! to the process in `dnsmasq_pid_file` when it is set.
+//!
+//! Templates are minijinja's Jinja2 dialect without any loader: a template
+//! cannot include files, read the environment or call anything but its
+//! built-in filters. Operators can replace the script with their own.
+
+use crate::interfaces::*;
+use crate::ipmi::BootMode;
+use crate::DriverError;
+use async_trait::async_trait;
+use ferric_types::kernel_params::{self, BootLoader};
+use ferric_types::{Node, Port};
+use minijinja::Environment;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The per-node script shipped with Ferric.
+pub const DEFAULT_TEMPLATE: &str = include_str!("ipxe_script.j2");
+
+/// Marks a node whose deploy ramdisk is prepared.
+const RAMDISK_KEY: &str = "ipxe_ramdisk";
+
+/// Where the iPXE files come from and what the ramdisk is told, as
+/// `[conductor.pxe]` in ferricd.toml (Ironic's `[pxe]` options).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PxeOptions {
+    /// The base URL at which nodes reach ferricd's HTTP listener, e.g.
+    /// "http://192.0.2.1:6385". Default: the conductor's image_url_base.
+    pub http_url: Option<String>,
+    /// The API URL the agent calls (`ipa-api-url`); default: http_url.
+    pub api_url: Option<String>,
+    /// The deploy kernel and ramdisk on this machine, served at
+    /// /boot/deploy/kernel and /boot/deploy/ramdisk. A node's driver_info
+    /// `deploy_kernel` / `deploy_ramdisk` (http or https URLs) override them.
+    pub deploy_kernel: Option<PathBuf>,
+    pub deploy_ramdisk: Option<PathBuf>,
+    /// Kernel parameters of the deploy ramdisk; a node's driver_info
+    /// `kernel_append_params` overrides them, where `%default%` stands for
+    /// this value. Default: "nofb vga=normal" (as Ironic).
+    pub kernel_append_params: String,
+    /// An operator's own per-node script template (see the shipped
+    /// `ipxe_script.j2` for its variables).
+    pub ipxe_template: Option<PathBuf>,
+    /// dnsmasq's `--dhcp-hostsdir`: one file per PXE-enabled port while
+    /// its node boots the ramdisk. Default: none (DHCP is someone else's).
+    pub dhcp_hosts_dir: Option<PathBuf>,
+    /// The tag host entries set, which the DHCP server's boot options
+    /// match. Default: "ferric".
+    pub dhcp_tag: String,
+    /// dnsmasq's pid file: it gets a SIGHUP when host entries go.
+    pub dnsmasq_pid_file: Option<PathBuf>,
+    /// Boot mode of nodes that say nothing of theirs; default: "uefi".
+    pub default_boot_mode: String,
+}
+
+impl Default for PxeOptions {
+    fn default() -> Self {
+        PxeOptions {
+            http_url: None,
+            api_url: None,
+            deploy_kernel: None,
+            deploy_ramdisk: None,
+            kernel_append_params: "nofb vga=normal".to_string(),
+            ipxe_template: None,
+            dhcp_hosts_dir: None,
+            dhcp_tag: "ferric".to_string(),
+            dnsmasq_pid_file: None,
+            default_boot_mode: "uefi".to_string(),
+        }
+    }
+}
+
+/// A MAC address in the lower-case colon form ports store; accepts
+/// colons, hyphens (iPXE's `${mac:hexhyp}`) or none.
+pub fn normalize_mac(text: &str) -> Option<String> {
+    let hex: String = text
+        .chars()
+        .filter(|c| *c != ':' && *c != '-')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if hex.len() != 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let pairs: Vec<&str> = (0..6).map(|i| &hex[2 * i..2 * i + 2]).collect();
+    Some(pairs.join(":"))
+}
+
+/// The `ipxe` boot interface.
+pub struct IpxeBoot {
+    options: PxeOptions,
+    default_mode: BootMode,
+    templates: Environment<'static>,
+}
+
+impl IpxeBoot {
+    /// Checks the options and compiles the script template (the operator's
+    /// or the shipped one): a broken template stops ferricd at start.
+    pub fn new(options: PxeOptions) -> Result<IpxeBoot, DriverError> {
+        let bad = |what: String| DriverError::InvalidParameter(format!("[conductor.pxe] {what}"));
+        for (name, url) in [
+            ("http_url", &options.http_url),
+            ("api_url", &options.api_url),
+        ] {
+            if let Some(url) = url {
+                check_url(url).map_err(|e| bad(format!("{name}: {e}")))?;
+            }
+        }
+        kernel_params::validate(&options.kernel_append_params, BootLoader::Ipxe)
+            .map_err(|e| bad(format!("kernel_append_params: {e}")))?;
+        let default_mode = match options.default_boot_mode.as_str() {
+            "uefi" => BootMode::Uefi,
+            "bios" => BootMode::Bios,
+            other => {
+                return Err(bad(format!(
+                    "default_boot_mode {other:?}: use bios or uefi"
+                )))
+            }
+        };
+        if options.dhcp_tag.is_empty()
+            || !options
+                .dhcp_tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad(format!(
+                "dhcp_tag {:?}: letters, digits, - and _ only",
+                options.dhcp_tag
+            )));
+        }
+        let source = match &options.ipxe_template {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| bad(format!("ipxe_template {}: {e}", path.display())))?,
+            None => DEFAULT_TEMPLATE.to_string(),
+        };
+        let mut templates = Environment::new();
+        templates.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        templates
+            .add_template_owned("node.ipxe", source)
+            .map_err(|e| bad(format!("ipxe_template: {e:#}")))?;
+        Ok(IpxeBoot {
+            options,
+            default_mode,
+            templates,
+        })
+    }
+
+    pub fn options(&self) -> &PxeOptions {
+        &self.options
+    }
+
+    fn http_url(&self) -> Result<&str, DriverError> {
+        self.options
+            .http_url
+            .as_deref()
+            .map(|u| u.trim_end_matches('/'))
+            .ok_or_else(|| {
+                DriverError::InvalidParameter(
+                    "ipxe boot needs the URL nodes reach this server at: set \
+                     [conductor.pxe] http_url or public_url"
+                        .into(),
+                )
+            })
+    }
+
+    /// The script iPXE gets from DHCP (option 175 clients): it chains to
+    /// the script of the MAC it booted from.
+    pub fn entry_script(&self) -> Result<String, DriverError> {
+        let base = self.http_url()?;
+        Ok(format!(
+            "#!ipxe\n\
+             # Ferric: fetch this machine's own script.\n\
+             chain --autofree {base}/boot/ipxe/${{mac:hexhyp}} || goto none\n\
+             :none\n\
+             echo Ferric has no boot script for ${{mac}}: booting the next device\n\
+             exit\n"
+        ))
+    }
+
+    /// Where the deploy kernel or ramdisk comes from: the node's
+    /// driver_info URL, or this server's configured file.
+    fn deploy_file_url(&self, node: &Node, key: &str) -> Result<String, DriverError> {
+        match node.driver_info.get(key) {
+            Some(Value::String(url)) if !url.is_empty() => {
+                check_url(url).map_err(|e| {
+                    DriverError::InvalidParameter(format!("driver_info {key}: {e}"))
+                })?;
+                Ok(url.clone())
+            }
+            Some(Value::Null) | None => {
+                let configured = match key {
+                    "deploy_kernel" => &self.options.deploy_kernel,
+                    _ => &self.options.deploy_ramdisk,
+                };
+                if configured.is_none() {
+                    return Err(DriverError::InvalidParameter(format!(
+                        "the node has no {key}: set driver_info {key} to an http(s) URL, or \
+                         [conductor.pxe] {key} to a file on the server"
+                    )));
+                }
+                let name = key.trim_start_matches("deploy_");
+                Ok(format!("{}/boot/deploy/{name}", self.http_url()?))
+            }
+            Some(other) => Err(DriverError::InvalidParameter(format!(
+                "driver_info {key} must be an http(s) URL, got {other}"
+            ))),
+        }
+    }
+
+    /// The deploy ramdisk's kernel parameters for the node, without what
+    /// Ferric adds per boot.
+    fn append_params(&self, node: &Node) -> Result<String, DriverError> {
+        let params = match node.driver_info.get("kernel_append_params") {
+            Some(Value::String(s)) => s.replace("%default%", &self.options.kernel_append_params),
+            None | Some(Value::Null) => self.options.kernel_append_params.clone(),
+            Some(other) => {
+                return Err(DriverError::InvalidParameter(format!(
+                    "driver_info kernel_append_params must be a string, got {other}"
+                )))
+            }
+        };
+        kernel_params::validate(&params, BootLoader::Ipxe).map_err(|e| {
+            DriverError::InvalidParameter(format!("driver_info kernel_append_params: {e}"))
+        })?;
+        Ok(params)
+    }
+
+    /// The file of the deploy kernel or ramdisk this server serves.
+    pub fn served_file(&self, name: &str) -> Option<&Path> {
+        match name {
+            "kernel" => self.options.deploy_kernel.as_deref(),
+            "ramdisk" => self.options.deploy_ramdisk.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The script for the node's port `mac` (normalized).
+    pub fn script(&self, node: &Node, mac: &str) -> Result<String, DriverError> {
+        let ramdisk = node.driver_internal_info.get(RAMDISK_KEY) == Some(&Value::Bool(true));
+        let boot_mode = match BootMode::of_node(node, self.default_mode)? {
+            BootMode::Uefi => "uefi",
+            BootMode::Bios => "bios",
+        };
+        let mut context: BTreeMap<&str, String> = BTreeMap::from([
+            ("mode", if ramdisk { "deploy" } else { "local" }.to_string()),
+            ("boot_mode", boot_mode.to_string()),
+            ("mac", mac.to_string()),
+            ("node_uuid", node.uuid.to_string()),
+            ("http_url", self.http_url()?.to_string()),
+        ]);
+        if ramdisk {
+            let api_url = self.options.api_url.as_deref().map_or_else(
+                || self.http_url().map(str::to_string),
+                |u| Ok(u.to_string()),
+            )?;
+            let mut params = self.append_params(node)?;
+            // What the agent needs: where the API is, and which NIC booted.
+            params.push_str(&format!(
+                " ipa-api-url={api_url} BOOTIF=01-{}",
+                mac.replace(':', "-")
+            ));
+            context.insert("kernel_url", self.deploy_file_url(node, "deploy_kernel")?);
+            context.insert("ramdisk_url", self.deploy_file_url(node, "deploy_ramdisk")?);
+            context.insert("kernel_params", params.trim().to_string());
+        }
+        let template = self
+            .templates
+            .get_template("node.ipxe")
+            .map_err(|e| DriverError::Failed(format!("the iPXE template: {e:#}")))?;
+        let script = template
+            .render(minijinja::Value::from(context))
+            .map_err(|e| DriverError::Failed(format!("rendering the iPXE script: {e:#}")))?;
+        Ok(script)
+    }
+
+    fn host_entry_path(&self, dir: &Path, mac: &str) -> PathBuf {
+        dir.join(format!("ferric-{}", mac.replace(':', "-")))
+    }
+
+    /// Writes a dnsmasq host entry per PXE-enabled port.
+    fn add_host_entries(&self, ports: &[Port]) -> Result<(), DriverError> {
+        let Some(dir) = &self.options.dhcp_hosts_dir else {
+            return Ok(());
+        };
+        for port in ports.iter().filter(|p| p.pxe_enabled) {
+            let mac = normalize_mac(&port.address).ok_or_else(|| {
+                DriverError::InvalidParameter(format!("port {}: bad MAC", port.uuid))
+            })?;
+            let path = self.host_entry_path(dir, &mac);
+            // Written aside and renamed: dnsmasq's inotify never reads half a line.
+            let temp = dir.join(format!(".{mac}.tmp"));
+            std::fs::write(&temp, format!("{mac},set:{}\n", self.options.dhcp_tag))
+                .and_then(|()| std::fs::rename(&temp, &path))
+                .map_err(|e| {
+                    DriverError::Failed(format!("writing the DHCP entry {}: {e}", path.display()))
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the node's dnsmasq host entries and tells dnsmasq.
+    fn remove_host_entries(&self, ports: &[Port]) -> Result<(), DriverError> {
+        let Some(dir) = &self.options.dhcp_hosts_dir else {
+            return Ok(());
+        };
+        let mut removed = false;
+        for port in ports {
+            let Some(mac) = normalize_mac(&port.address) else {
+                continue;
+            };
+            match std::fs::remove_file(self.host_entry_path(dir, &mac)) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(DriverError::Failed(format!(
+                        "removing the DHCP entry of {mac}: {e}"
+                    )))
+                }
+            }
+        }
+        if removed {
+            self.reload_dnsmasq();
+        }
+        Ok(())
+    }
+
+    fn reload_dnsmasq(&self) {
+        let Some(pid_file) = &self.options.dnsmasq_pid_file else {
+            return;
+        };
+        let pid = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .filter(|pid| *pid > 1);
+        match pid {
+            // SAFETY: kill(2) with a pid read from dnsmasq's own pid file.
+            Some(pid) if unsafe { libc::kill(pid, libc::SIGHUP) } == 0 => {}
+            _ => tracing::warn!(
+                pid_file = %pid_file.display(),
+                "could not signal dnsmasq to forget removed host entries"
+            ),
+        }
+    }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{url:?} is not an http(s) URL"));
+    }
+    if url
+        .chars()
+        .any(|c| c.is_ascii_control() || c.is_whitespace() || matches!(c, '$' | '"' | '\'' | '\\'))
+    {
+        return Err(format!(
+            "{url:?} holds spaces, control characters, quotes or $"
+        ));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl BootInterface for IpxeBoot {
+    fn validate(&self, node: &Node) -> Result<(), DriverError> {
+        self.http_url()?;
+        self.deploy_file_url(node, "deploy_kernel")?;
+        self.deploy_file_url(node, "deploy_ramdisk")?;
+        self.append_params(node)?;
+        BootMode::of_node(node, self.default_mode)?;
+        Ok(())
+    }
+
+    async fn prepare_ramdisk(
+        &self,
+        node: &mut Node,
+        context: BootContext<'_>,
+    ) -> Result<(), DriverError> {
+        self.validate(node)?;
+        if !context.ports.iter().any(|p| p.pxe_enabled) {
+            return Err(DriverError::InvalidParameter(
+                "the node has no PXE-enabled port: it cannot network-boot".into(),
+            ));
+        }
+        self.add_host_entries(context.ports)?;
+        node.driver_internal_info
+            .insert(RAMDISK_KEY.into(), Value::Bool(true));
+        context
+            .management
+            .set_boot_device(node, BootDevice::Pxe, false)
+            .await
+    }
+
+    async fn clean_up_ramdisk(
+        &self,
+        node: &mut Node,
+        context: BootContext<'_>,
+    ) -> Result<(), DriverError> {
+        node.driver_internal_info.remove(RAMDISK_KEY);
+        self.remove_host_entries(context.ports)
+    }
+
+    async fn prepare_instance(
+        &self,
+        node: &mut Node,
+        context: BootContext<'_>,
+    ) -> Result<(), DriverError> {
+        // Local boot: the script of a node without a ramdisk boots its disk.
+        self.clean_up_ramdisk(node, context).await
+    }
+
+    async fn clean_up_instance(
+        &self,
+        node: &mut Node,
+        context: BootContext<'_>,
+    ) -> Result<(), DriverError> {
+        self.clean_up_ramdisk(node, context).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferric_types::ProvisionState;
+    use serde_json::json;
+
+    fn options() -> PxeOptions {
+        PxeOptions {
+            http_url: Some("http://10.0.0.1:6385/".into()),
+            deploy_kernel: Some("/srv/k".into()),
+            deploy_ramdisk: Some("/srv/r".into()),
+            kernel_append_params: "console=ttyS0".into(),
+            ..PxeOptions::default()
+        }
+    }
+
+    fn node() -> Node {
+        Node::new(uuid::Uuid::new_v4(), "ipmi", ProvisionState::Deploying)
+    }
+
+    #[test]
+    fn macs_are_normalized_from_any_form() {
+        assert_eq!(
+            normalize_mac("52-54-00-AB-cd-01").as_deref(),
+            Some("52:54:00:ab:cd:01")
+        );
+        assert_eq!(
+            normalize_mac("525400abcd01").as_deref(),
+            Some("52:54:00:ab:cd:01")
+        );
+        for bad in ["52:54:00:ab:cd", "52:54:00:ab:cd:0g", "../etc/passwd", ""] {
+            assert_eq!(normalize_mac(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_ramdisk_script_boots_the_deploy_files_with_the_agent_parameters() {
+        let boot = IpxeBoot::new(options()).unwrap();
+        let mut node = node();
+        node.driver_internal_info
+            .insert(RAMDISK_KEY.into(), json!(true));
+        let script = boot.script(&node, "52:54:00:00:00:01").unwrap();
+        assert!(script.starts_with("#!ipxe\n"), "{script}");
+        assert!(
+            script.contains(
+                "kernel http://10.0.0.1:6385/boot/deploy/kernel console=ttyS0 \
+             ipa-api-url=http://10.0.0.1:6385 BOOTIF=01-52-54-00-00-00-01 initrd=ramdisk"
+            ),
+            "{script}"
+        );
+        assert!(
+            script.contains("initrd --name ramdisk http://10.0.0.1:6385/boot/deploy/ramdisk"),
+            "{script}"
+        );
+
+        // The node's own files and parameters win; %default% keeps ours.
+        node.driver_info
+            .insert("deploy_kernel".into(), json!("https://h/k"));
+        node.driver_info.insert(
+            "kernel_append_params".into(),
+            json!("%default% ipa-debug=1"),
+        );
+        let script = boot.script(&node, "52:54:00:00:00:01").unwrap();
+        assert!(
+            script.contains("kernel https://h/k console=ttyS0 ipa-debug=1 ipa-api"),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn without_a_ramdisk_the_script_boots_the_disk() {
+        let boot = IpxeBoot::new(options()).unwrap();
+        let mut node = node();
+        let script = boot.script(&node, "52:54:00:00:00:01").unwrap();
+        assert!(!script.contains("kernel "), "{script}");
+        assert!(script.contains("exit"), "{script}");
+        node.properties
+            .insert("capabilities".into(), json!("boot_mode:bios"));
+        let script = boot.script(&node, "52:54:00:00:00:01").unwrap();
+        assert!(
+            script.contains("sanboot --no-describe --drive 0x80"),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn bad_settings_fail_validation_with_the_reason() {
+        let boot = IpxeBoot::new(options()).unwrap();
+        let mut node = node();
+        node.driver_info
+            .insert("kernel_append_params".into(), json!("quiet\n#!ipxe\nshell"));
+        let err = boot.validate(&node).unwrap_err().to_string();
+        assert!(err.contains("line break"), "{err}");
+        node.driver_info
+            .insert("kernel_append_params".into(), json!("a || shell"));
+        assert!(boot
+            .validate(&node)
+            .unwrap_err()
+            .to_string()
+            .contains("iPXE"));
+        node.driver_info.remove("kernel_append_params");
+        node.driver_info
+            .insert("deploy_ramdisk".into(), json!("/etc/shadow"));
+        let err = boot.validate(&node).unwrap_err().to_string();
+        assert!(
+            err.contains("deploy_ramdisk") && err.contains("http(s)"),
+            "{err}"
+        );
+
+        let none = IpxeBoot::new(PxeOptions {
+            http_url: Some("http://h".into()),
+            ..PxeOptions::default()
+        })
+        .unwrap();
+        let err = none.validate(&self::node()).unwrap_err().to_string();
+        assert!(err.contains("deploy_kernel"), "{err}");
+        let nowhere = IpxeBoot::new(PxeOptions::default()).unwrap();
+        assert!(nowhere
+            .entry_script()
+            .unwrap_err()
+            .to_string()
+            .contains("http_url"));
+    }
+
+    #[test]
+    fn broken_options_and_templates_are_refused_at_start() {
+        let mut o = options();
+        o.kernel_append_params = "a$b".into();
+        assert!(IpxeBoot::new(o).is_err());
+        let mut o = options();
+        o.http_url = Some("http://h/ x".into());
+        assert!(IpxeBoot::new(o).is_err());
+        let dir = std::env::temp_dir().join(format!("ferric-ipxe-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let template = dir.join("t.j2");
+        std::fs::write(&template, "#!ipxe\n{% if mode %}").unwrap();
+        let mut o = options();
+        o.ipxe_template = Some(template.clone());
+        let err = IpxeBoot::new(o).err().unwrap().to_string();
+        assert!(err.contains("ipxe_template"), "{err}");
+        // A template has no way to read files: include is not even a statement.
+        std::fs::write(&template, "#!ipxe\n{% include '/etc/passwd' %}").unwrap();
+        let mut o = options();
+        o.ipxe_template = Some(template.clone());
+        let err = IpxeBoot::new(o).err().unwrap().to_string();
+        assert!(err.contains("unknown statement include"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

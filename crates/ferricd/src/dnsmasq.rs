@@ -1,0 +1,157 @@
+//! The one-box setup's DHCP and TFTP server: ferricd runs dnsmasq itself
+//! (`[dnsmasq] enabled = true`) and stops it when it stops.
+//!
+//! What dnsmasq is told:
+//! - DHCP on one interface, the configured ranges, no DNS (`--port=0`), no
+//!   system configuration file;
+//! - host entries from `hosts_dir`, where the ipxe boot interface tags the
+//!   MACs of nodes that boot the ramdisk: only tagged MACs get boot options,
+//!   so every other machine on the network gets plain DHCP;
+//! - iPXE clients (DHCP option 175) get ferricd's `/boot/boot.ipxe`; other
+//!   PXE firmware gets an iPXE binary over TFTP (`undionly.kpxe` for BIOS,
+//!   `snponly.efi` for UEFI), copied from Debian's `ipxe` package.
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// `[dnsmasq]` in ferricd.toml.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsmasqConfig {
+    /// Run dnsmasq; default: false (DHCP is someone else's).
+    pub enabled: bool,
+    /// The program; default: "dnsmasq".
+    pub program: PathBuf,
+    /// The interface nodes are on, e.g. "br0". Required when enabled.
+    pub interface: String,
+    /// dnsmasq `--dhcp-range` values, e.g.
+    /// "10.0.0.100,10.0.0.199,255.255.255.0,1h" or "fd00::,ra-only".
+    pub dhcp_ranges: Vec<String>,
+    /// Working directory for host entries, the TFTP root and the pid
+    /// file; default: "dnsmasq" in ferricd's working directory.
+    pub state_dir: PathBuf,
+    /// Where the iPXE binaries come from; default: "/usr/lib/ipxe".
+    pub ipxe_dir: PathBuf,
+    /// More dnsmasq options, passed as they are (e.g. "--enable-ra").
+    pub extra_args: Vec<String>,
+}
+
+impl Default for DnsmasqConfig {
+    fn default() -> Self {
+        DnsmasqConfig {
+            enabled: false,
+            program: PathBuf::from("dnsmasq"),
+            interface: String::new(),
+            dhcp_ranges: Vec::new(),
+            state_dir: PathBuf::from("dnsmasq"),
+            ipxe_dir: PathBuf::from("/usr/lib/ipxe"),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// The iPXE binaries served over TFTP.
+pub const IPXE_BINARIES: &[&str] = &["undionly.kpxe", "snponly.efi", "ipxe.efi"];
+
+impl DnsmasqConfig {
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.state_dir.join("hosts")
+    }
+
+    pub fn tftp_root(&self) -> PathBuf {
+        self.state_dir.join("tftp")
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.state_dir.join("dnsmasq.pid")
+    }
+
+    /// dnsmasq's arguments; `boot_url` is the iPXE entry script's URL and
+    /// `tag` the tag of host entries.
+    pub fn args(&self, boot_url: &str, tag: &str) -> Vec<String> {
+        let mut args = vec![
+            "--keep-in-foreground".to_string(),
+            "--conf-file=/dev/null".to_string(),
+            "--log-facility=-".to_string(),
+            "--port=0".to_string(),
+            "--bind-interfaces".to_string(),
+            format!("--interface={}", self.interface),
+            format!("--pid-file={}", self.pid_file().display()),
+            format!("--dhcp-hostsdir={}", self.hosts_dir().display()),
+            "--enable-tftp".to_string(),
+            format!("--tftp-root={}", self.tftp_root().display()),
+            "--dhcp-match=set:ipxe,175".to_string(),
+            "--dhcp-match=set:efi,option:client-arch,7".to_string(),
+            "--dhcp-match=set:efi,option:client-arch,9".to_string(),
+            format!("--dhcp-boot=tag:{tag},tag:ipxe,{boot_url}"),
+            format!("--dhcp-boot=tag:{tag},tag:!ipxe,tag:efi,snponly.efi"),
+            format!("--dhcp-boot=tag:{tag},tag:!ipxe,tag:!efi,undionly.kpxe"),
+        ];
+        args.extend(self.dhcp_ranges.iter().map(|r| format!("--dhcp-range={r}")));
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    /// Prepares the state directory: host entries of a previous run are
+    /// kept (their nodes may still be booting), iPXE binaries copied.
+    fn prepare(&self) -> anyhow::Result<()> {
+        if self.interface.is_empty() || self.dhcp_ranges.is_empty() {
+            anyhow::bail!("[dnsmasq] needs interface and dhcp_ranges when enabled");
+        }
+        for dir in [self.hosts_dir(), self.tftp_root()] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        for name in IPXE_BINARIES {
+            let from = self.ipxe_dir.join(name);
+            let to = self.tftp_root().join(name);
+            std::fs::copy(&from, &to).with_context(|| {
+                format!("cannot copy {} (apt-get install ipxe)", from.display())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A running dnsmasq, killed when dropped.
+pub struct Dnsmasq {
+    child: tokio::process::Child,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq and checks that it stays up (a busy port or a
+    /// missing interface makes it exit at once).
+    pub async fn start(
+        config: &DnsmasqConfig,
+        boot_url: &str,
+        tag: &str,
+    ) -> anyhow::Result<Dnsmasq> {
+        config.prepare()?;
+        let args = config.args(boot_url, tag);
+        tracing::info!(interface = %config.interface, "starting dnsmasq");
+        let mut child = tokio::process::Command::new(&config.program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot run {} (apt-get install dnsmasq-base)",
+                    config.program.display()
+                )
+            })?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("dnsmasq exited at start ({status}); its messages are above");
+        }
+        Ok(Dnsmasq { child })
+    }
+
+    /// Stops dnsmasq and waits for it.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
