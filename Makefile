@@ -1,7 +1,7 @@
 # Ferric's developer entry points. On a fresh Debian 12 machine, as root:
 #   make demo    installs what it needs, builds, walks a fake node through its life
 #   make test    installs what the tests need, runs every check CI runs
-# Other targets: build, lint, rust-test, api-test (needs a build), bench,
+# Other targets: build, lint, rust-test, api-test and e2e-test (need a build), bench,
 # bench-image, bench-agent, agent-static, deps.
 
 SHELL := /bin/bash
@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 PG_DIR ?= .work/pg
 PG_PORT ?= 55432
 
-.PHONY: all build lint rust-test api-test test demo bench bench-image bench-agent agent-static deps
+.PHONY: all build lint rust-test api-test e2e-test test demo bench bench-image bench-agent agent-static deps
 
 all: build
 
@@ -49,6 +49,10 @@ rust-test:
 # The end-to-end tests against target/debug/ferricd with the real OpenStack clients.
 api-test:
 	$(PYTEST) tests/api $(PYTEST_ARGS)
+
+# A QEMU VM provisioned through ipmi_sim, iPXE and dnsmasq (needs root and a build).
+e2e-test:
+	$(PYTEST) tests/e2e $(PYTEST_ARGS)
 
 # Everything CI checks. Every step runs even when an earlier one failed (a
 # failed build skips the steps that need its binaries); any failure fails
@@ -93,6 +97,7 @@ test: deps
 		}
 		step rust-tests rust_tests || true
 		step api-tests $(PYTEST) tests/api $(PYTEST_ARGS) || true
+		step e2e-tests $(PYTEST) tests/e2e $(PYTEST_ARGS) || true
 	fi
 	if (( $${#failed[@]} )); then
 		echo "==> make test: FAILED: $${failed[*]}"

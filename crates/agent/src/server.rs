@@ -401,15 +401,32 @@ async fn run_to_completion(work: crate::commands::CommandFuture) -> Result<Value
     }
 }
 
+/// Logs how a command ended, with the agent's peak resident memory so far
+/// (what a ramdisk must leave room for).
 fn log_outcome(result: &CommandResult) {
+    let peak_rss_kib = peak_rss_kib().unwrap_or(0);
     match &result.command_error {
         None => tracing::info!(
-            command = %result.command_name, id = %result.id, "command finished"
+            command = %result.command_name, id = %result.id, peak_rss_kib, "command finished"
         ),
         Some(error) => tracing::warn!(
-            command = %result.command_name, id = %result.id, error = %error, "command failed"
+            command = %result.command_name, id = %result.id, error = %error, peak_rss_kib,
+            "command failed"
         ),
     }
+}
+
+/// VmHWM of /proc/self/status, in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The errors of the command API. This is the one place they become HTTP

@@ -131,10 +131,13 @@ pub async fn properties(
 ) -> ApiResult<Json<Value>> {
     let hw = find_driver(&state, &name)?;
     let mut props = Map::new();
-    if hw.name == "ipmi" {
-        for (key, description) in ferric_drivers::ipmi::DRIVER_PROPERTIES {
-            props.insert((*key).into(), json!(description));
-        }
+    let specific = match hw.name {
+        "ipmi" => ferric_drivers::ipmi::DRIVER_PROPERTIES,
+        "redfish" => ferric_drivers::redfish::DRIVER_PROPERTIES,
+        _ => &[],
+    };
+    for (key, description) in specific {
+        props.insert((*key).into(), json!(description));
     }
     if hw.name == "fake-hardware" {
         props.insert(

@@ -2,6 +2,7 @@ use ferric_drivers::direct::{DirectOptions, ImageDownloadSource};
 use ferric_drivers::image_cache::{CacheConfig, ImageCache};
 use ferric_drivers::ipmi::IpmiOptions;
 use ferric_drivers::ipxe::PxeOptions;
+use ferric_drivers::redfish::RedfishOptions;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,7 +16,7 @@ pub struct ConductorConfig {
     /// Conductor group (Ironic's `conductor_group`); default: "" (the default group).
     pub conductor_group: String,
     /// Hardware types this conductor drives: "fake-hardware", "ipmi"
-    /// (needs ipmitool); default: ["fake-hardware"].
+    /// (needs ipmitool), "redfish"; default: ["fake-hardware"].
     pub enabled_hardware_types: Vec<String>,
     /// Run automated cleaning on `provide` and after tear down; default: true.
     pub automated_clean: bool,
@@ -87,8 +88,16 @@ pub struct ConductorConfig {
     /// `[conductor.pxe]` in ferricd.toml: http_url (default
     /// image_url_base), api_url, deploy_kernel, deploy_ramdisk,
     /// kernel_append_params, ipxe_template, dhcp_hosts_dir, dhcp_tag,
-    /// dnsmasq_pid_file, default_boot_mode.
+    /// default_boot_mode.
     pub pxe: PxeOptions,
+    /// How the redfish power and management interfaces talk to BMCs
+    /// (Ironic's `[redfish]`), `[conductor.redfish]` in ferricd.toml:
+    /// connection_attempts (5), connection_retry_interval (4 s),
+    /// connect_timeout (30 s), request_timeout (60 s),
+    /// power_state_change_timeout (60 s), soft_power_off_timeout (600 s),
+    /// power_state_poll_interval (1 s), auth_type ("auto"),
+    /// default_boot_mode ("uefi").
+    pub redfish: RedfishOptions,
 }
 
 impl Default for ConductorConfig {
@@ -115,6 +124,7 @@ impl Default for ConductorConfig {
             image_cache_ttl: Duration::from_secs(7 * 24 * 3600),
             ipmi: IpmiOptions::default(),
             pxe: PxeOptions::default(),
+            redfish: RedfishOptions::default(),
         }
     }
 }

@@ -51,6 +51,7 @@ impl Conductor {
         let registry = DriverRegistry::new(&config.enabled_hardware_types, direct)
             .map_err(|e| ConductorError::Config(e.to_string()))?
             .with_ipmi_options(config.ipmi.clone())
+            .with_redfish_options(config.redfish.clone())
             .with_pxe_options(config.pxe_options())
             .map_err(|e| ConductorError::Config(e.to_string()))?;
         let conductor = Conductor {

@@ -11,9 +11,12 @@
 //!
 //! DHCP is dnsmasq's: for each PXE-enabled port, a file in its
 //! `--dhcp-hostsdir` tags the MAC `ferric`, and only tagged MACs get boot
-//! options (see `ferricd`'s managed dnsmasq). Entries go when the ramdisk is
-//! cleaned up; dnsmasq forgets removed entries only on SIGHUP, which is sent
-//! to the process in `dnsmasq_pid_file` when it is set.
+//! options (see `ferricd`'s managed dnsmasq). Entries stay once written:
+//! dnsmasq only adds host records from that directory (a removed file is
+//! forgotten only on SIGHUP), and dnsmasq 2.90 dies of SIGSEGV when it is
+//! signalled after the file of a MAC holding a lease went away. What a
+//! tagged node boots is decided by its script, which boots the disk unless
+//! the ramdisk is prepared.
 //!
 //! Templates are minijinja's Jinja2 dialect without any loader: a template
 //! cannot include files, read the environment or call anything but its
@@ -59,14 +62,13 @@ pub struct PxeOptions {
     /// An operator's own per-node script template (see the shipped
     /// `ipxe_script.j2` for its variables).
     pub ipxe_template: Option<PathBuf>,
-    /// dnsmasq's `--dhcp-hostsdir`: one file per PXE-enabled port while
-    /// its node boots the ramdisk. Default: none (DHCP is someone else's).
+    /// dnsmasq's `--dhcp-hostsdir`: one file per PXE-enabled port, written
+    /// when its node first boots the ramdisk. Default: none (DHCP is
+    /// someone else's).
     pub dhcp_hosts_dir: Option<PathBuf>,
     /// The tag host entries set, which the DHCP server's boot options
     /// match. Default: "ferric".
     pub dhcp_tag: String,
-    /// dnsmasq's pid file: it gets a SIGHUP when host entries go.
-    pub dnsmasq_pid_file: Option<PathBuf>,
     /// Boot mode of nodes that say nothing of theirs; default: "uefi".
     pub default_boot_mode: String,
 }
@@ -82,7 +84,6 @@ impl Default for PxeOptions {
             ipxe_template: None,
             dhcp_hosts_dir: None,
             dhcp_tag: "ferric".to_string(),
-            dnsmasq_pid_file: None,
             default_boot_mode: "uefi".to_string(),
         }
     }
@@ -314,50 +315,6 @@ impl IpxeBoot {
         }
         Ok(())
     }
-
-    /// Removes the node's dnsmasq host entries and tells dnsmasq.
-    fn remove_host_entries(&self, ports: &[Port]) -> Result<(), DriverError> {
-        let Some(dir) = &self.options.dhcp_hosts_dir else {
-            return Ok(());
-        };
-        let mut removed = false;
-        for port in ports {
-            let Some(mac) = normalize_mac(&port.address) else {
-                continue;
-            };
-            match std::fs::remove_file(self.host_entry_path(dir, &mac)) {
-                Ok(()) => removed = true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(DriverError::Failed(format!(
-                        "removing the DHCP entry of {mac}: {e}"
-                    )))
-                }
-            }
-        }
-        if removed {
-            self.reload_dnsmasq();
-        }
-        Ok(())
-    }
-
-    fn reload_dnsmasq(&self) {
-        let Some(pid_file) = &self.options.dnsmasq_pid_file else {
-            return;
-        };
-        let pid = std::fs::read_to_string(pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-            .filter(|pid| *pid > 1);
-        match pid {
-            // SAFETY: kill(2) with a pid read from dnsmasq's own pid file.
-            Some(pid) if unsafe { libc::kill(pid, libc::SIGHUP) } == 0 => {}
-            _ => tracing::warn!(
-                pid_file = %pid_file.display(),
-                "could not signal dnsmasq to forget removed host entries"
-            ),
-        }
-    }
 }
 
 fn check_url(url: &str) -> Result<(), String> {
@@ -411,8 +368,10 @@ impl BootInterface for IpxeBoot {
         node: &mut Node,
         context: BootContext<'_>,
     ) -> Result<(), DriverError> {
+        // The DHCP entries stay (see the module's documentation).
+        let _ = context;
         node.driver_internal_info.remove(RAMDISK_KEY);
-        self.remove_host_entries(context.ports)
+        Ok(())
     }
 
     async fn prepare_instance(

@@ -14,6 +14,7 @@ pub mod image_cache;
 mod interfaces;
 pub mod ipmi;
 pub mod ipxe;
+pub mod redfish;
 mod registry;
 
 pub use error::DriverError;

@@ -8,6 +8,7 @@ use crate::image_cache::ImageCache;
 use crate::interfaces::*;
 use crate::ipmi::{IpmiManagement, IpmiOptions, IpmiPower, IpmiTool};
 use crate::ipxe::{IpxeBoot, PxeOptions};
+use crate::redfish::{RedfishClient, RedfishManagement, RedfishOptions, RedfishPower};
 use crate::DriverError;
 use ferric_types::{Node, Port, INTERFACE_NAMES};
 use serde::Serialize;
@@ -79,6 +80,30 @@ impl HardwareType {
         ]);
         HardwareType {
             name: "ipmi",
+            interfaces,
+        }
+    }
+
+    /// Ironic's `redfish`: power and management over the Redfish API,
+    /// network boot through iPXE; deploy `direct` by default.
+    fn redfish() -> HardwareType {
+        let interfaces = BTreeMap::from([
+            ("bios", vec!["no-bios"]),
+            ("boot", vec!["ipxe", "fake"]),
+            ("console", vec!["no-console"]),
+            ("deploy", vec!["direct", "fake"]),
+            ("firmware", vec!["no-firmware"]),
+            ("inspect", vec!["no-inspect"]),
+            ("management", vec!["redfish"]),
+            ("network", vec!["noop", "flat"]),
+            ("power", vec!["redfish"]),
+            ("raid", vec!["no-raid"]),
+            ("rescue", vec!["no-rescue"]),
+            ("storage", vec!["noop"]),
+            ("vendor", vec!["no-vendor"]),
+        ]);
+        HardwareType {
+            name: "redfish",
             interfaces,
         }
     }
@@ -178,6 +203,8 @@ pub struct DriverRegistry {
     fake_management: Arc<FakeManagement>,
     ipmi_power: Arc<IpmiPower>,
     ipmi_management: Arc<IpmiManagement>,
+    redfish_power: Arc<RedfishPower>,
+    redfish_management: Arc<RedfishManagement>,
     ipxe: Arc<IpxeBoot>,
     agent: AgentClient,
     direct: Arc<DirectOptions>,
@@ -186,7 +213,11 @@ pub struct DriverRegistry {
 impl DriverRegistry {
     /// The hardware types Ferric knows.
     pub fn known_hardware_types() -> Vec<HardwareType> {
-        vec![HardwareType::fake_hardware(), HardwareType::ipmi()]
+        vec![
+            HardwareType::fake_hardware(),
+            HardwareType::ipmi(),
+            HardwareType::redfish(),
+        ]
     }
 
     /// A registry with the named hardware types enabled; `direct` is how
@@ -205,12 +236,15 @@ impl DriverRegistry {
             hardware_types.push(hw.clone());
         }
         let ipmi = Arc::new(IpmiTool::new(IpmiOptions::default()));
+        let redfish = Arc::new(RedfishClient::new(RedfishOptions::default()));
         Ok(DriverRegistry {
             hardware_types,
             fake_power: Arc::default(),
             fake_management: Arc::default(),
             ipmi_power: Arc::new(IpmiPower::new(ipmi.clone())),
             ipmi_management: Arc::new(IpmiManagement::new(ipmi)),
+            redfish_power: Arc::new(RedfishPower::new(redfish.clone())),
+            redfish_management: Arc::new(RedfishManagement::new(redfish)),
             ipxe: Arc::new(IpxeBoot::new(PxeOptions::default())?),
             agent: AgentClient::default(),
             direct: Arc::new(direct),
@@ -222,6 +256,14 @@ impl DriverRegistry {
         let tool = Arc::new(IpmiTool::new(options));
         self.ipmi_power = Arc::new(IpmiPower::new(tool.clone()));
         self.ipmi_management = Arc::new(IpmiManagement::new(tool));
+        self
+    }
+
+    /// How the redfish interfaces talk to BMCs (Ironic's `[redfish]`).
+    pub fn with_redfish_options(mut self, options: RedfishOptions) -> DriverRegistry {
+        let client = Arc::new(RedfishClient::new(options));
+        self.redfish_power = Arc::new(RedfishPower::new(client.clone()));
+        self.redfish_management = Arc::new(RedfishManagement::new(client));
         self
     }
 
@@ -304,11 +346,13 @@ impl DriverRegistry {
         };
         let power: Arc<dyn PowerInterface> = match implementations["power"].as_str() {
             "ipmitool" => self.ipmi_power.clone(),
+            "redfish" => self.redfish_power.clone(),
             _ => self.fake_power.clone(),
         };
         let management: Arc<dyn ManagementInterface> = match implementations["management"].as_str()
         {
             "ipmitool" => self.ipmi_management.clone(),
+            "redfish" => self.redfish_management.clone(),
             _ => self.fake_management.clone(),
         };
         let boot: Arc<dyn BootInterface> = match implementations["boot"].as_str() {
@@ -404,6 +448,24 @@ mod tests {
         );
         fake.power_interface = Some("ipmitool".into());
         assert!(reg.resolve_interfaces(&mut fake).is_err());
+    }
+
+    #[test]
+    fn redfish_nodes_get_the_redfish_interfaces() {
+        let reg = DriverRegistry::new(&["redfish".to_string()], DirectOptions::default()).unwrap();
+        let mut node = Node::new(uuid::Uuid::new_v4(), "redfish", ProvisionState::Enroll);
+        reg.resolve_interfaces(&mut node).unwrap();
+        assert_eq!(node.power_interface.as_deref(), Some("redfish"));
+        assert_eq!(node.management_interface.as_deref(), Some("redfish"));
+        assert_eq!(node.boot_interface.as_deref(), Some("ipxe"));
+        let driver = reg.node_driver(&node).unwrap();
+        let checks = driver.validate(&node);
+        assert_eq!(checks["power"].result, Some(false));
+        node.driver_info.insert(
+            "redfish_address".into(),
+            serde_json::json!("https://192.0.2.1"),
+        );
+        assert_eq!(driver.validate(&node)["power"].result, Some(true));
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct DnsmasqConfig {
     pub ipxe_dir: PathBuf,
     /// More dnsmasq options, passed as they are (e.g. "--enable-ra").
     pub extra_args: Vec<String>,
+    /// The user dnsmasq runs as after binding its ports; it must be able
+    /// to read state_dir. Default: ferricd's own user.
+    pub user: Option<String>,
 }
 
 impl Default for DnsmasqConfig {
@@ -49,6 +52,7 @@ impl Default for DnsmasqConfig {
             state_dir: PathBuf::from("dnsmasq"),
             ipxe_dir: PathBuf::from("/usr/lib/ipxe"),
             extra_args: Vec::new(),
+            user: None,
         }
     }
 }
@@ -79,6 +83,7 @@ impl DnsmasqConfig {
             "--port=0".to_string(),
             "--bind-interfaces".to_string(),
             format!("--interface={}", self.interface),
+            format!("--user={}", self.user.clone().unwrap_or_else(own_user)),
             format!("--pid-file={}", self.pid_file().display()),
             format!("--dhcp-hostsdir={}", self.hosts_dir().display()),
             "--enable-tftp".to_string(),
@@ -116,9 +121,26 @@ impl DnsmasqConfig {
     }
 }
 
-/// A running dnsmasq, killed when dropped.
+/// The name of the user ferricd runs as ("root" if it cannot be found).
+fn own_user() -> String {
+    // SAFETY: getpwuid returns a pointer into static storage or null; the
+    // name is copied at once, and nothing else in ferricd calls getpwuid.
+    unsafe {
+        let entry = libc::getpwuid(libc::geteuid());
+        if entry.is_null() || (*entry).pw_name.is_null() {
+            return "root".to_string();
+        }
+        std::ffi::CStr::from_ptr((*entry).pw_name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// A running dnsmasq. A task watches it: should it die, the error is
+/// logged at once (nodes cannot network-boot without it).
 pub struct Dnsmasq {
-    child: tokio::process::Child,
+    stop: tokio::sync::oneshot::Sender<()>,
+    watcher: tokio::task::JoinHandle<()>,
 }
 
 impl Dnsmasq {
@@ -147,11 +169,24 @@ impl Dnsmasq {
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("dnsmasq exited at start ({status}); its messages are above");
         }
-        Ok(Dnsmasq { child })
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let watcher = tokio::spawn(async move {
+            tokio::select! {
+                status = child.wait() => tracing::error!(
+                    status = ?status,
+                    "dnsmasq exited: nodes cannot network-boot until ferricd restarts"
+                ),
+                _ = stopped => {
+                    let _ = child.kill().await;
+                }
+            }
+        });
+        Ok(Dnsmasq { stop, watcher })
     }
 
     /// Stops dnsmasq and waits for it.
-    pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.watcher.await;
     }
 }

@@ -120,10 +120,8 @@ impl Config {
         }
         if config.dnsmasq.enabled {
             // The managed dnsmasq reads the host entries the ipxe boot
-            // interface writes, and takes its SIGHUP.
-            let pxe = &mut config.conductor.pxe;
-            pxe.dhcp_hosts_dir = Some(config.dnsmasq.hosts_dir());
-            pxe.dnsmasq_pid_file = Some(config.dnsmasq.pid_file());
+            // interface writes.
+            config.conductor.pxe.dhcp_hosts_dir = Some(config.dnsmasq.hosts_dir());
         }
         Ok(config)
     }
@@ -268,6 +266,7 @@ mod tests {
         );
         assert_eq!(config.conductor.ipmi, defaults.conductor.ipmi);
         assert_eq!(config.conductor.pxe, defaults.conductor.pxe);
+        assert_eq!(config.conductor.redfish, defaults.conductor.redfish);
         assert_eq!(config.dnsmasq, defaults.dnsmasq);
     }
 

@@ -1,0 +1,100 @@
+"""A QEMU VM provisioned end to end through its BMC: the `ipmi` driver
+(ipmitool against ipmi_sim), `ipxe` boot (dnsmasq managed by ferricd,
+QEMU's iPXE ROM), the deploy ramdisk, and the `direct` deploy interface
+writing a whole-disk image with a config drive; then the VM boots its new
+disk, and undeploying cleans the disk. Driven by the real `baremetal` CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import requests
+
+from testbed import MAC, MARKER, USER_DATA_PREFIX, Testbed, log
+
+USER_DATA = "ferric-e2e-user-data-7f3a"
+
+
+def test_a_vm_is_provisioned_and_cleaned_through_ipmi_and_ipxe(tmp_path: Path) -> None:
+    with Testbed(tmp_path / "bed") as bed:
+        uuid = bed.enroll()
+        bed.baremetal("node", "manage", "vm-1", "--wait", "120")
+        assert bed.server.node(uuid)["power_state"] == "power off"
+
+        # provide: automated cleaning boots the ramdisk over iPXE, erases
+        # the disk's metadata, powers the VM off.
+        started = time.time()
+        bed.baremetal("node", "provide", "vm-1", "--wait", "400")
+        clean_seconds = time.time() - started
+        node = bed.server.node(uuid)
+        assert node["provision_state"] == "available" and node["power_state"] == "power off", node
+
+        bed.baremetal(
+            "node", "set", "vm-1",
+            "--instance-info", f"image_source=file://{bed.image}",
+            "--instance-info", f"image_checksum={bed.image_sha256}",
+            "--instance-info", "image_disk_format=raw",
+        )
+        configdrive = {"meta_data": {"hostname": "vm-1.example"}, "user_data": USER_DATA}
+        console_from = len(bed.vm.console_text())
+        events_from = len(bed.vm.power_events())
+        recorder = bed_recorder(bed, uuid)
+        started = time.time()
+        bed.baremetal("node", "deploy", "vm-1", "--config-drive", json.dumps(configdrive), "--wait", "600")
+        active = recorder.first(state="active", after=started) or time.time()
+        marker = bed.wait_console(MARKER, timeout=120, after=console_from)
+        recorder.stop()
+        console = bed.vm.console_text()[console_from:]
+        assert f"{USER_DATA_PREFIX} {USER_DATA}" in console, console[-3000:]
+        assert '"hostname": "vm-1.example"' in console or "vm-1.example" in console, console[-3000:]
+
+        # It booted its disk and will again: boot device disk, and were it
+        # to network-boot, its iPXE script boots the disk too.
+        assert (bed.vm.dir / "bootdev").read_text().strip() == "default"
+        script = requests.get(f"{bed.server.url}/boot/ipxe/{MAC}", timeout=10).text
+        assert "kernel " not in script and "sanboot" in script, script
+        node = bed.server.node(uuid)
+        assert node["provision_state"] == "active" and node["power_state"] == "power on", node
+
+        timings = deploy_timings(bed, recorder, started, active, marker, events_from)
+        timings["provide_with_cleaning_s"] = round(clean_seconds, 1)
+        timings["agent_peak_rss_mib"] = bed.vm.agent_peak_rss_mib(console)
+        timings["deploy_ramdisk_mib"] = round(bed.ramdisk.stat().st_size / 2**20, 1)
+        log("deploy timings: " + json.dumps(timings))
+        (tmp_path / "timings.json").write_text(json.dumps(timings, indent=2))
+
+        # Undeploy with cleaning: the disk has no partition table left.
+        assert bed.vm.has_partition_table()
+        bed.baremetal("node", "undeploy", "vm-1", "--wait", "400")
+        node = bed.server.node(uuid)
+        assert node["provision_state"] == "available", node
+        assert not bed.vm.has_partition_table(), "cleaning left a partition table"
+
+
+def bed_recorder(bed: Testbed, uuid: str):
+    from testbed import Recorder
+
+    return Recorder(bed.server, uuid).start()
+
+
+def deploy_timings(bed: Testbed, recorder, started: float, active: float, marker: float, events_from: int) -> dict:
+    """Seconds of each phase, from the node's steps and the BMC's events."""
+    events = bed.vm.power_events()[events_from:]
+    power_ons = [t for t, what in events if what.startswith("power on")]
+    write = recorder.first(step="write_image", after=started)
+    after_write = next((t for t, _, step in recorder.changes if write and t > write and step != "write_image"), None)
+    timings = {
+        "deploy_to_active_s": round(active - started, 1),
+        "deploy_to_console_marker_s": round(marker - started, 1),
+    }
+    if power_ons:
+        timings["power_on_s"] = round(power_ons[0] - started, 1)
+        if write:
+            timings["ramdisk_boot_to_first_heartbeat_s"] = round(write - power_ons[0], 1)
+    if write and after_write:
+        timings["image_write_s"] = round(after_write - write, 1)
+    if len(power_ons) > 1:
+        timings["reboot_to_instance_marker_s"] = round(marker - power_ons[-1], 1)
+    return timings
