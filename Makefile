@@ -1,5 +1,5 @@
 # Ferric's developer entry points. On a fresh Debian 12 machine, as root:
-#   make demo    installs what it needs, builds, walks a fake node through its life
+#   make demo    installs what it needs, builds, provisions a QEMU VM through its BMC
 #   make test    installs what the tests need, runs every check CI runs
 # Other targets: build, lint, rust-test, api-test and e2e-test (need a build), bench,
 # bench-image, bench-agent, agent-static, deps.
@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 PG_DIR ?= .work/pg
 PG_PORT ?= 55432
 
-.PHONY: all build lint rust-test api-test e2e-test test demo bench bench-image bench-agent agent-static deps
+.PHONY: all build lint rust-test api-test e2e-test test demo demo-fake bench bench-image bench-agent agent-static deps
 
 all: build
 
@@ -107,6 +107,10 @@ test: deps
 
 demo: deps
 	scripts/demo
+
+# The quick tour without a VM: a fake-hardware node through its whole life.
+demo-fake: deps
+	scripts/demo-fake
 
 bench:
 	scripts/bench-api.sh
