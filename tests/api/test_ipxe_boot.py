@@ -135,3 +135,40 @@ def test_kernel_parameters_that_inject_ipxe_commands_are_refused(
     rows = {r["interface"]: r for r in bm.rows("node", "validate", "pxe-2")}
     assert rows["boot"]["result"] is False, rows["boot"]
     assert "deploy_ramdisk" in rows["boot"]["reason"] and "http(s)" in rows["boot"]["reason"]
+
+
+def test_pxe_nodes_get_pxelinux_configurations(ferricd_factory: Callable[..., Ferricd], tmp_path: Path) -> None:
+    server, hosts = boot_server(ferricd_factory, tmp_path)
+    bm = Baremetal(server.url, tmp_path / "home")
+    mac = "52:54:00:1b:00:02"
+    node = bm.json(
+        "node", "create", "--driver", "fake-hardware", "--boot-interface", "pxe", "--name", "pxe-bios",
+        "--driver-info", "fake_wait=[\"deploy\"]", "--property", "capabilities=boot_mode:bios",
+    )
+    bm.run("port", "create", mac, "--node", node["uuid"])
+    config_url = f"{server.url}/boot/pxelinux/pxelinux.cfg/01-52-54-00-1b-00-02"
+    local = requests.get(config_url, timeout=10)
+    assert local.status_code == 200 and "LOCALBOOT 0" in local.text, local.text
+    # Only 01-<mac> names are answered; a pxe node has no iPXE script.
+    assert requests.get(f"{server.url}/boot/pxelinux/pxelinux.cfg/default", timeout=10).status_code == 404
+    assert script(server, mac).status_code == 404
+    module = requests.get(f"{server.url}/boot/pxelinux/ldlinux.c32", timeout=10)
+    assert module.status_code == 200
+    assert module.content == Path("/usr/lib/syslinux/modules/bios/ldlinux.c32").read_bytes()
+    assert requests.get(f"{server.url}/boot/pxelinux/..%2F..%2Fetc%2Fpasswd", timeout=10).status_code == 404
+
+    bm.run("node", "manage", "pxe-bios", "--wait", "30")
+    bm.run("node", "provide", "pxe-bios", "--wait", "30")
+    bm.run("node", "deploy", "pxe-bios")
+    server.wait_state(node["uuid"], "wait call-back", timeout=15)
+    deploy = requests.get(config_url, timeout=10).text
+    assert f"  KERNEL {server.url}/boot/deploy/kernel\n" in deploy, deploy
+    assert f"  INITRD {server.url}/boot/deploy/ramdisk\n" in deploy, deploy
+    assert "  APPEND console=ttyS0 ipa-api-url=" in deploy, deploy
+    entries = {p.name: p.read_text() for p in hosts.iterdir()}
+    assert entries == {"ferric-52-54-00-1b-00-02": f"{mac},set:ferric-pxe\n"}, entries
+
+    # PXELINUX boots BIOS machines only: a UEFI node is refused at validation.
+    bm.run("node", "create", "--driver", "fake-hardware", "--boot-interface", "pxe", "--name", "pxe-uefi")
+    rows = {r["interface"]: r for r in bm.rows("node", "validate", "pxe-uefi")}
+    assert rows["boot"]["result"] is False and "BIOS" in rows["boot"]["reason"], rows["boot"]

@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from testbed import MAC, MARKER, USER_DATA_PREFIX, Testbed, log
@@ -17,9 +18,10 @@ from testbed import MAC, MARKER, USER_DATA_PREFIX, Testbed, log
 USER_DATA = "ferric-e2e-user-data-7f3a"
 
 
-def test_a_vm_is_provisioned_and_cleaned_through_ipmi_and_ipxe(tmp_path: Path) -> None:
+@pytest.mark.parametrize("boot_interface", ["ipxe", "pxe"])
+def test_a_vm_is_provisioned_and_cleaned_through_ipmi_and_network_boot(tmp_path: Path, boot_interface: str) -> None:
     with Testbed(tmp_path / "bed") as bed:
-        uuid = bed.enroll()
+        uuid = bed.enroll(boot_interface=boot_interface)
         bed.baremetal("node", "manage", "vm-1", "--wait", "120")
         assert bed.server.node(uuid)["power_state"] == "power off"
 
@@ -53,8 +55,15 @@ def test_a_vm_is_provisioned_and_cleaned_through_ipmi_and_ipxe(tmp_path: Path) -
         # It booted its disk and will again: boot device disk, and were it
         # to network-boot, its iPXE script boots the disk too.
         assert (bed.vm.dir / "bootdev").read_text().strip() == "default"
-        script = requests.get(f"{bed.server.url}/boot/ipxe/{MAC}", timeout=10).text
-        assert "kernel " not in script and "sanboot" in script, script
+        if boot_interface == "ipxe":
+            script = requests.get(f"{bed.server.url}/boot/ipxe/{MAC}", timeout=10).text
+            assert "kernel " not in script and "sanboot" in script, script
+        else:
+            name = "01-" + MAC.replace(":", "-")
+            config = requests.get(f"{bed.server.url}/boot/pxelinux/pxelinux.cfg/{name}", timeout=10).text
+            assert "LOCALBOOT 0" in config and "KERNEL" not in config, config
+            # The VM booted PXELINUX from dnsmasq's TFTP, not iPXE's script.
+            assert "lpxelinux.0" in bed.server.log(), "dnsmasq never sent lpxelinux.0"
         node = bed.server.node(uuid)
         assert node["provision_state"] == "active" and node["power_state"] == "power on", node
 
@@ -62,7 +71,7 @@ def test_a_vm_is_provisioned_and_cleaned_through_ipmi_and_ipxe(tmp_path: Path) -
         timings["provide_with_cleaning_s"] = round(clean_seconds, 1)
         timings["agent_peak_rss_mib"] = bed.vm.agent_peak_rss_mib(console)
         timings["deploy_ramdisk_mib"] = round(bed.ramdisk.stat().st_size / 2**20, 1)
-        log("deploy timings: " + json.dumps(timings))
+        log(f"deploy timings ({boot_interface}): " + json.dumps(timings))
         (tmp_path / "timings.json").write_text(json.dumps(timings, indent=2))
 
         # Undeploy with cleaning: the disk has no partition table left.

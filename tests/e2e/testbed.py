@@ -556,10 +556,10 @@ class Testbed:
     def baremetal_json(self, *args: str) -> Any:
         return json.loads(self.baremetal(*args, "-f", "json").stdout)
 
-    def enroll(self, name: str = "vm-1") -> str:
+    def enroll(self, name: str = "vm-1", boot_interface: str = "ipxe") -> str:
         node = self.baremetal_json(
             "node", "create", "--driver", "ipmi", "--name", name,
-            "--boot-interface", "ipxe", "--deploy-interface", "direct",
+            "--boot-interface", boot_interface, "--deploy-interface", "direct",
             "--driver-info", "ipmi_address=127.0.0.1",
             "--driver-info", f"ipmi_port={self.bmc.port}",
             "--driver-info", f"ipmi_username={IPMI_USER}",

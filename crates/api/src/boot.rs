@@ -3,12 +3,15 @@
 //! each port's script (rendered from the node as it stands now), and the
 //! deploy kernel and ramdisk configured on this server. No authentication,
 //! as for any PXE server: nothing here holds a secret (the agent gets its
-//! token from the lookup, once).
+//! token from the lookup, once) except the ISOs of virtual media boots,
+//! which carry the agent's token on their kernel command line: their URLs
+//! are capabilities (128 random bits), answered 404 once deleted and never
+//! logged.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ferric_drivers::ipxe::normalize_mac;
+use ferric_drivers::ipxe::{normalize_mac, Loader};
 use ferric_store::{NodeIdent, PortQuery};
 
 use crate::error::{ApiError, ApiResult};
@@ -41,8 +44,44 @@ pub async fn node_script(
     State(state): State<AppState>,
     Path(mac): Path<String>,
 ) -> ApiResult<Response> {
-    let not_found = || ApiError::not_found(format!("No iPXE script for {mac:?}."));
-    let address = normalize_mac(&mac).ok_or_else(not_found)?;
+    port_boot_file(&state, &mac, Loader::Ipxe).await
+}
+
+/// `GET /boot/pxelinux/pxelinux.cfg/{name}`: PXELINUX asks for its UUID,
+/// then `01-<mac>`, then IP prefixes and `default`; only `01-<mac>` of a
+/// node of the pxe boot interface is answered.
+pub async fn pxelinux_config(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let mac = name
+        .strip_prefix("01-")
+        .ok_or_else(|| ApiError::not_found("No PXELINUX configuration by that name."))?;
+    port_boot_file(&state, mac, Loader::Pxelinux).await
+}
+
+/// `GET|HEAD /boot/pxelinux/{module}`: the PXELINUX modules it loads over
+/// HTTP (ldlinux.c32).
+pub async fn pxelinux_module(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let path = state
+        .conductor
+        .registry()
+        .pxe()
+        .pxelinux_module(&name)
+        .ok_or_else(|| ApiError::not_found("No such PXELINUX module."))?;
+    serve_local_file(path, &name, &method, &headers).await
+}
+
+/// The boot script or configuration of the node that owns port `mac`, if
+/// the node boots with `loader`.
+async fn port_boot_file(state: &AppState, mac: &str, loader: Loader) -> ApiResult<Response> {
+    let not_found = || ApiError::not_found(format!("No boot configuration for {mac:?}."));
+    let address = normalize_mac(mac).ok_or_else(not_found)?;
     let store = state.conductor.store();
     let query = PortQuery {
         address: Some(address.clone()),
@@ -55,11 +94,16 @@ pub async fn node_script(
         .next()
         .ok_or_else(not_found)?;
     let node = store.get_node(&NodeIdent::Uuid(port.node_uuid)).await?;
-    if node.boot_interface.as_deref() != Some("ipxe") {
+    let registry = state.conductor.registry();
+    let (interface, boot) = match loader {
+        Loader::Ipxe => ("ipxe", registry.ipxe()),
+        Loader::Pxelinux => ("pxe", registry.pxe()),
+    };
+    if node.boot_interface.as_deref() != Some(interface) {
         return Err(not_found());
     }
-    let script = state.conductor.registry().ipxe().script(&node, &address)?;
-    tracing::debug!(node = %node.uuid, mac = %address, "served an iPXE script");
+    let script = boot.script(&node, &address)?;
+    tracing::debug!(node = %node.uuid, mac = %address, interface, "served a boot configuration");
     Ok(script_response(script))
 }
 
@@ -77,6 +121,17 @@ pub async fn deploy_file(
         .served_file(&name)
         .ok_or_else(|| ApiError::not_found(format!("No deploy {name:?} is configured.")))?
         .to_path_buf();
+    serve_local_file(path, &name, &method, &headers).await
+}
+
+/// Serves a file of this server's configuration (never a path a request
+/// named).
+async fn serve_local_file(
+    path: std::path::PathBuf,
+    name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let opened = tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&path)?;
         let len = file.metadata()?.len();
@@ -85,11 +140,52 @@ pub async fn deploy_file(
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let (file, len) = opened.map_err(|e| {
-        tracing::error!(file = %name, error = %e, "cannot open the deploy file");
+        tracing::error!(file = %name, error = %e, "cannot open a boot file");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("The deploy {name} cannot be read."),
+            format!("The boot file {name} cannot be read."),
         )
     })?;
-    file_response(file, len, None, &method, &headers).await
+    file_response(file, len, None, method, headers).await
+}
+
+/// `GET|HEAD /boot/vmedia/{name}`: the ISO a BMC boots a node's deploy
+/// ramdisk from (redfish-virtual-media). Anything but the name of an ISO
+/// that exists now is 404, and the name is not echoed.
+pub async fn vmedia_iso(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let not_found = || ApiError::not_found("No such virtual media image.");
+    let path = state
+        .conductor
+        .registry()
+        .redfish_vmedia()
+        .iso_file(&name)
+        .ok_or_else(not_found)?;
+    let opened = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        let len = file.metadata()?.len();
+        Ok::<_, std::io::Error>((file, len))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (file, len) = match opened {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open a virtual media ISO");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The virtual media image cannot be read.",
+            ));
+        }
+    };
+    let mut response = file_response(file, len, None, &method, &headers).await?;
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }

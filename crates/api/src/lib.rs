@@ -152,7 +152,7 @@ pub fn router(state: AppState) -> Router {
     // routes answer HEAD too.
     let image_path = format!("{}/{{name}}", ferric_drivers::direct::IMAGES_PATH);
     router = router.route(&image_path, get(images::serve));
-    // Network boot (ipxe boot interface).
+    // Network boot (ipxe and pxe boot interfaces).
     router = router
         .route(
             &format!("{}/boot.ipxe", boot::BOOT_PATH),
@@ -165,6 +165,19 @@ pub fn router(state: AppState) -> Router {
         .route(
             &format!("{}/deploy/{{name}}", boot::BOOT_PATH),
             get(boot::deploy_file),
+        )
+        .route(
+            &format!("{}/pxelinux/pxelinux.cfg/{{name}}", boot::BOOT_PATH),
+            get(boot::pxelinux_config),
+        )
+        .route(
+            &format!("{}/pxelinux/{{name}}", boot::BOOT_PATH),
+            get(boot::pxelinux_module),
+        )
+        // Virtual media boot ISOs (redfish-virtual-media boot interface).
+        .route(
+            &format!("{}/{{name}}", ferric_drivers::redfish_vmedia::VMEDIA_PATH),
+            get(boot::vmedia_iso),
         );
     router
         .fallback(root::not_found)

@@ -67,18 +67,22 @@ pub(crate) fn forget_agent(node: &mut Node) {
 /// [`forget_agent`], except for a token generated ahead of time (virtual
 /// media boots carry it on their kernel command line).
 pub(crate) fn forget_agent_unless_pregenerated(node: &mut Node) {
-    let pregenerated = node
-        .driver_internal_info
-        .get(TOKEN_PREGENERATED_KEY)
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    if pregenerated {
+    if is_pregenerated(node) {
         for key in [AGENT_URL_KEY, AGENT_VERIFY_CA_KEY, AGENT_LAST_HEARTBEAT_KEY] {
             node.driver_internal_info.remove(key);
         }
     } else {
         forget_agent(node);
     }
+}
+
+/// Whether the node's token was generated ahead of time (and handed to the
+/// agent on its kernel command line, not by lookup).
+fn is_pregenerated(node: &Node) -> bool {
+    node.driver_internal_info
+        .get(TOKEN_PREGENERATED_KEY)
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 /// 32 random bytes, URL-safe base64 (43 characters), as Ironic's
@@ -132,7 +136,13 @@ impl Conductor {
             return Err(not_found());
         }
         if token_of(&node).is_some() {
-            tracing::warn!(node = %node.uuid, "lookup for a node that already gave out its agent token");
+            if is_pregenerated(&node) {
+                // A virtual media boot: the agent has the token from its
+                // kernel command line.
+                tracing::info!(node = %node.uuid, "agent looked up; its token was pregenerated");
+            } else {
+                tracing::warn!(node = %node.uuid, "lookup for a node that already gave out its agent token");
+            }
             return Ok(LookupAnswer {
                 node,
                 token: MASKED.into(),

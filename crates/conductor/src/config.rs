@@ -68,7 +68,8 @@ pub struct ConductorConfig {
     /// refused. Default: none (file:// refused).
     pub file_url_allowed_paths: Vec<PathBuf>,
     /// Directory of the image cache; created on first use. Default:
-    /// "image-cache" in the working directory.
+    /// "image-cache" in the working directory. Its "vmedia" directory
+    /// holds the ISOs of virtual media boots.
     pub image_cache_dir: PathBuf,
     /// Size limit of the image cache in MiB (allocated space, images in use
     /// included; Ironic's `[pxe]image_cache_size`). Default: 20480.
@@ -84,7 +85,9 @@ pub struct ConductorConfig {
     /// soft_power_off_timeout (600 s), disable_boot_timeout (true),
     /// default_boot_mode ("uefi"), ipmitool ("ipmitool").
     pub ipmi: IpmiOptions,
-    /// How the ipxe boot interface boots nodes (Ironic's `[pxe]`),
+    /// How the ipxe boot interface boots nodes (Ironic's `[pxe]`; the
+    /// redfish-virtual-media boot interface uses its http_url, api_url,
+    /// deploy files and kernel_append_params too),
     /// `[conductor.pxe]` in ferricd.toml: http_url (default
     /// image_url_base), api_url, deploy_kernel, deploy_ramdisk,
     /// kernel_append_params, ipxe_template, dhcp_hosts_dir, dhcp_tag,
@@ -167,6 +170,15 @@ impl ConductorConfig {
             pxe.http_url = self.image_url_base.clone();
         }
         pxe
+    }
+}
+
+impl ConductorConfig {
+    /// Where the redfish-virtual-media boot interface builds and serves
+    /// its ISOs: "vmedia" in the image cache directory (which leaves names
+    /// it does not know alone).
+    pub(crate) fn virtual_media_dir(&self) -> PathBuf {
+        self.image_cache_dir.join("vmedia")
     }
 }
 

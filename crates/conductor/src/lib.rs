@@ -52,6 +52,7 @@ impl Conductor {
             .map_err(|e| ConductorError::Config(e.to_string()))?
             .with_ipmi_options(config.ipmi.clone())
             .with_redfish_options(config.redfish.clone())
+            .with_virtual_media_dir(config.virtual_media_dir())
             .with_pxe_options(config.pxe_options())
             .map_err(|e| ConductorError::Config(e.to_string()))?;
         let conductor = Conductor {

@@ -1,6 +1,9 @@
-//! The `ipxe` boot interface: nodes network-boot iPXE, which fetches a
-//! script for their MAC address from ferricd's HTTP server
-//! (`GET /boot/ipxe/{mac}`). The script is rendered when it is asked for,
+//! The `ipxe` and `pxe` boot interfaces. With `ipxe`, nodes network-boot
+//! iPXE, which fetches a script for their MAC address from ferricd's HTTP
+//! server (`GET /boot/ipxe/{mac}`). With `pxe` (BIOS only), they boot
+//! PXELINUX (`lpxelinux.0`), which fetches its configuration over HTTP
+//! (`GET /boot/pxelinux/pxelinux.cfg/01-{mac}`, DHCP option 210 naming the
+//! prefix). The script is rendered when it is asked for,
 //! from the node as it stands in the store, so every ferricd sharing a
 //! database answers the same and nothing on disk can go stale:
 //! - while the deploy ramdisk is prepared (`prepare_ramdisk` until
@@ -34,8 +37,19 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The per-node script shipped with Ferric.
+/// The per-node iPXE script shipped with Ferric.
 pub const DEFAULT_TEMPLATE: &str = include_str!("ipxe_script.j2");
+/// The per-node PXELINUX configuration shipped with Ferric.
+pub const DEFAULT_PXELINUX_TEMPLATE: &str = include_str!("pxelinux_config.j2");
+
+/// The boot loader a node's firmware is handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loader {
+    /// The `ipxe` boot interface.
+    Ipxe,
+    /// The `pxe` boot interface: PXELINUX, BIOS only.
+    Pxelinux,
+}
 
 /// Marks a node whose deploy ramdisk is prepared.
 const RAMDISK_KEY: &str = "ipxe_ramdisk";
@@ -62,6 +76,11 @@ pub struct PxeOptions {
     /// An operator's own per-node script template (see the shipped
     /// `ipxe_script.j2` for its variables).
     pub ipxe_template: Option<PathBuf>,
+    /// The same for PXELINUX configurations (`pxelinux_config.j2`).
+    pub pxelinux_template: Option<PathBuf>,
+    /// Where PXELINUX's BIOS modules are (ldlinux.c32 is served from
+    /// there). Default: "/usr/lib/syslinux/modules/bios".
+    pub syslinux_modules_dir: PathBuf,
     /// dnsmasq's `--dhcp-hostsdir`: one file per PXE-enabled port, written
     /// when its node first boots the ramdisk. Default: none (DHCP is
     /// someone else's).
@@ -82,6 +101,8 @@ impl Default for PxeOptions {
             deploy_ramdisk: None,
             kernel_append_params: "nofb vga=normal".to_string(),
             ipxe_template: None,
+            pxelinux_template: None,
+            syslinux_modules_dir: PathBuf::from("/usr/lib/syslinux/modules/bios"),
             dhcp_hosts_dir: None,
             dhcp_tag: "ferric".to_string(),
             default_boot_mode: "uefi".to_string(),
@@ -104,17 +125,23 @@ pub fn normalize_mac(text: &str) -> Option<String> {
     Some(pairs.join(":"))
 }
 
-/// The `ipxe` boot interface.
+/// The `ipxe` or `pxe` boot interface.
 pub struct IpxeBoot {
     options: PxeOptions,
     default_mode: BootMode,
     templates: Environment<'static>,
+    loader: Loader,
 }
 
 impl IpxeBoot {
-    /// Checks the options and compiles the script template (the operator's
-    /// or the shipped one): a broken template stops ferricd at start.
+    /// Checks the options and compiles the templates (the operator's or the
+    /// shipped ones): a broken template stops ferricd at start.
     pub fn new(options: PxeOptions) -> Result<IpxeBoot, DriverError> {
+        Self::with_loader(options, Loader::Ipxe)
+    }
+
+    /// The interface for `loader`.
+    pub fn with_loader(options: PxeOptions, loader: Loader) -> Result<IpxeBoot, DriverError> {
         let bad = |what: String| DriverError::InvalidParameter(format!("[conductor.pxe] {what}"));
         for (name, url) in [
             ("http_url", &options.http_url),
@@ -146,25 +173,53 @@ impl IpxeBoot {
                 options.dhcp_tag
             )));
         }
-        let source = match &options.ipxe_template {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| bad(format!("ipxe_template {}: {e}", path.display())))?,
-            None => DEFAULT_TEMPLATE.to_string(),
-        };
         let mut templates = Environment::new();
         templates.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        templates
-            .add_template_owned("node.ipxe", source)
-            .map_err(|e| bad(format!("ipxe_template: {e:#}")))?;
+        for (name, path, default) in [
+            ("ipxe_template", &options.ipxe_template, DEFAULT_TEMPLATE),
+            (
+                "pxelinux_template",
+                &options.pxelinux_template,
+                DEFAULT_PXELINUX_TEMPLATE,
+            ),
+        ] {
+            let source = match path {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| bad(format!("{name} {}: {e}", path.display())))?,
+                None => default.to_string(),
+            };
+            templates
+                .add_template_owned(name, source)
+                .map_err(|e| bad(format!("{name}: {e:#}")))?;
+        }
         Ok(IpxeBoot {
             options,
             default_mode,
             templates,
+            loader,
         })
     }
 
     pub fn options(&self) -> &PxeOptions {
         &self.options
+    }
+
+    pub fn loader(&self) -> Loader {
+        self.loader
+    }
+
+    /// The tag of this interface's DHCP host entries.
+    pub fn dhcp_tag(&self) -> String {
+        match self.loader {
+            Loader::Ipxe => self.options.dhcp_tag.clone(),
+            Loader::Pxelinux => format!("{}-pxe", self.options.dhcp_tag),
+        }
+    }
+
+    /// A PXELINUX module served to `pxe` nodes (only ldlinux.c32, which
+    /// PXELINUX loads first; the shipped configuration needs nothing else).
+    pub fn pxelinux_module(&self, name: &str) -> Option<PathBuf> {
+        (name == "ldlinux.c32").then(|| self.options.syslinux_modules_dir.join(name))
     }
 
     fn http_url(&self) -> Result<&str, DriverError> {
@@ -281,13 +336,17 @@ impl IpxeBoot {
             context.insert("ramdisk_url", self.deploy_file_url(node, "deploy_ramdisk")?);
             context.insert("kernel_params", params.trim().to_string());
         }
+        let name = match self.loader {
+            Loader::Ipxe => "ipxe_template",
+            Loader::Pxelinux => "pxelinux_template",
+        };
         let template = self
             .templates
-            .get_template("node.ipxe")
-            .map_err(|e| DriverError::Failed(format!("the iPXE template: {e:#}")))?;
+            .get_template(name)
+            .map_err(|e| DriverError::Failed(format!("the {name}: {e:#}")))?;
         let script = template
             .render(minijinja::Value::from(context))
-            .map_err(|e| DriverError::Failed(format!("rendering the iPXE script: {e:#}")))?;
+            .map_err(|e| DriverError::Failed(format!("rendering the {name}: {e:#}")))?;
         Ok(script)
     }
 
@@ -307,7 +366,7 @@ impl IpxeBoot {
             let path = self.host_entry_path(dir, &mac);
             // Written aside and renamed: dnsmasq's inotify never reads half a line.
             let temp = dir.join(format!(".{mac}.tmp"));
-            std::fs::write(&temp, format!("{mac},set:{}\n", self.options.dhcp_tag))
+            std::fs::write(&temp, format!("{mac},set:{}\n", self.dhcp_tag()))
                 .and_then(|()| std::fs::rename(&temp, &path))
                 .map_err(|e| {
                     DriverError::Failed(format!("writing the DHCP entry {}: {e}", path.display()))
@@ -339,7 +398,14 @@ impl BootInterface for IpxeBoot {
         self.deploy_file_url(node, "deploy_kernel")?;
         self.deploy_file_url(node, "deploy_ramdisk")?;
         self.append_params(node)?;
-        BootMode::of_node(node, self.default_mode)?;
+        let mode = BootMode::of_node(node, self.default_mode)?;
+        if self.loader == Loader::Pxelinux && mode == BootMode::Uefi {
+            return Err(DriverError::InvalidParameter(
+                "the pxe boot interface boots BIOS nodes (PXELINUX); this node boots UEFI: \
+                 use the ipxe boot interface, or set the boot_mode:bios capability"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
@@ -475,6 +541,47 @@ mod tests {
             script.contains("sanboot --no-describe --drive 0x80"),
             "{script}"
         );
+    }
+
+    #[test]
+    fn pxelinux_configurations_boot_the_ramdisk_or_the_disk_of_bios_nodes() {
+        let boot = IpxeBoot::with_loader(options(), Loader::Pxelinux).unwrap();
+        assert_eq!(boot.dhcp_tag(), "ferric-pxe");
+        let mut node = node();
+        node.properties
+            .insert("capabilities".into(), json!("boot_mode:bios"));
+        boot.validate(&node).unwrap();
+        node.driver_internal_info
+            .insert(RAMDISK_KEY.into(), json!(true));
+        let config = boot.script(&node, "52:54:00:00:00:01").unwrap();
+        assert!(config.contains("DEFAULT deploy\n"), "{config}");
+        assert!(
+            config.contains("  KERNEL http://10.0.0.1:6385/boot/deploy/kernel\n"),
+            "{config}"
+        );
+        assert!(
+            config.contains("  INITRD http://10.0.0.1:6385/boot/deploy/ramdisk\n"),
+            "{config}"
+        );
+        assert!(config.contains(
+            "  APPEND console=ttyS0 ipa-api-url=http://10.0.0.1:6385 BOOTIF=01-52-54-00-00-00-01"
+        ), "{config}");
+        node.driver_internal_info.remove(RAMDISK_KEY);
+        let config = boot.script(&node, "52:54:00:00:00:01").unwrap();
+        assert!(
+            config.contains("LOCALBOOT 0") && !config.contains("KERNEL"),
+            "{config}"
+        );
+        assert_eq!(
+            boot.pxelinux_module("ldlinux.c32"),
+            Some(PathBuf::from("/usr/lib/syslinux/modules/bios/ldlinux.c32"))
+        );
+        assert_eq!(boot.pxelinux_module("../../etc/passwd"), None);
+
+        // UEFI nodes are refused with what to do instead.
+        node.properties.remove("capabilities");
+        let err = boot.validate(&node).unwrap_err().to_string();
+        assert!(err.contains("BIOS") && err.contains("ipxe"), "{err}");
     }
 
     #[test]

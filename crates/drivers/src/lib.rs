@@ -15,6 +15,7 @@ mod interfaces;
 pub mod ipmi;
 pub mod ipxe;
 pub mod redfish;
+pub mod redfish_vmedia;
 mod registry;
 
 pub use error::DriverError;

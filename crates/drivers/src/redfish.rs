@@ -904,7 +904,8 @@ impl VirtualMedia {
 }
 
 /// Talks Redfish to BMCs for the redfish interfaces: HTTP clients, logins,
-/// retries. One per registry, shared by power, management and (later) boot.
+/// retries. One per registry, shared by power, management and the
+/// redfish-virtual-media boot interface.
 pub struct RedfishClient {
     options: RedfishOptions,
     clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
@@ -1695,13 +1696,15 @@ impl RedfishClient {
                 .await
             {
                 Ok(_) => {
+                    // The image's URL may be a capability (the boot
+                    // interface's ISOs): not at info level.
                     tracing::info!(
                         node = %node.uuid,
                         bmc = %info.bmc(),
                         device = %candidate.path,
-                        image = %shown,
                         "virtual media inserted"
                     );
+                    tracing::debug!(node = %node.uuid, image = %shown, "virtual media image");
                     return Ok(());
                 }
                 // Some devices serve the BMC's own console only (Cisco UCS):

@@ -7,12 +7,14 @@ use crate::fake::{FakeBoot, FakeDeploy, FakeInspect, FakeManagement, FakePower};
 use crate::image_cache::ImageCache;
 use crate::interfaces::*;
 use crate::ipmi::{IpmiManagement, IpmiOptions, IpmiPower, IpmiTool};
-use crate::ipxe::{IpxeBoot, PxeOptions};
+use crate::ipxe::{IpxeBoot, Loader, PxeOptions};
 use crate::redfish::{RedfishClient, RedfishManagement, RedfishOptions, RedfishPower};
+use crate::redfish_vmedia::RedfishVirtualMediaBoot;
 use crate::DriverError;
 use ferric_types::{Node, Port, INTERFACE_NAMES};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A hardware type: for each interface, the implementations it supports;
@@ -40,7 +42,7 @@ impl HardwareType {
     fn fake_hardware() -> HardwareType {
         let interfaces = BTreeMap::from([
             ("bios", vec!["no-bios", "fake"]),
-            ("boot", vec!["fake", "ipxe"]),
+            ("boot", vec!["fake", "ipxe", "pxe"]),
             ("console", vec!["no-console", "fake"]),
             ("deploy", vec!["fake", "direct"]),
             ("firmware", vec!["no-firmware", "fake"]),
@@ -65,7 +67,7 @@ impl HardwareType {
     fn ipmi() -> HardwareType {
         let interfaces = BTreeMap::from([
             ("bios", vec!["no-bios"]),
-            ("boot", vec!["ipxe", "fake"]),
+            ("boot", vec!["ipxe", "pxe", "fake"]),
             ("console", vec!["no-console"]),
             ("deploy", vec!["direct", "fake"]),
             ("firmware", vec!["no-firmware"]),
@@ -85,11 +87,12 @@ impl HardwareType {
     }
 
     /// Ironic's `redfish`: power and management over the Redfish API,
-    /// network boot through iPXE; deploy `direct` by default.
+    /// network boot through iPXE or boot from virtual media; deploy
+    /// `direct` by default.
     fn redfish() -> HardwareType {
         let interfaces = BTreeMap::from([
             ("bios", vec!["no-bios"]),
-            ("boot", vec!["ipxe", "fake"]),
+            ("boot", vec!["ipxe", "pxe", "redfish-virtual-media", "fake"]),
             ("console", vec!["no-console"]),
             ("deploy", vec!["direct", "fake"]),
             ("firmware", vec!["no-firmware"]),
@@ -205,7 +208,12 @@ pub struct DriverRegistry {
     ipmi_management: Arc<IpmiManagement>,
     redfish_power: Arc<RedfishPower>,
     redfish_management: Arc<RedfishManagement>,
+    redfish_client: Arc<RedfishClient>,
     ipxe: Arc<IpxeBoot>,
+    pxe: Arc<IpxeBoot>,
+    /// Where the virtual media boot interface keeps its ISOs.
+    vmedia_dir: Option<PathBuf>,
+    vmedia: Arc<RedfishVirtualMediaBoot>,
     agent: AgentClient,
     direct: Arc<DirectOptions>,
 }
@@ -244,8 +252,19 @@ impl DriverRegistry {
             ipmi_power: Arc::new(IpmiPower::new(ipmi.clone())),
             ipmi_management: Arc::new(IpmiManagement::new(ipmi)),
             redfish_power: Arc::new(RedfishPower::new(redfish.clone())),
-            redfish_management: Arc::new(RedfishManagement::new(redfish)),
+            redfish_management: Arc::new(RedfishManagement::new(redfish.clone())),
+            vmedia: Arc::new(RedfishVirtualMediaBoot::new(
+                redfish.clone(),
+                PxeOptions::default(),
+                None,
+            )),
+            redfish_client: redfish,
             ipxe: Arc::new(IpxeBoot::new(PxeOptions::default())?),
+            pxe: Arc::new(IpxeBoot::with_loader(
+                PxeOptions::default(),
+                Loader::Pxelinux,
+            )?),
+            vmedia_dir: None,
             agent: AgentClient::default(),
             direct: Arc::new(direct),
         })
@@ -263,14 +282,42 @@ impl DriverRegistry {
     pub fn with_redfish_options(mut self, options: RedfishOptions) -> DriverRegistry {
         let client = Arc::new(RedfishClient::new(options));
         self.redfish_power = Arc::new(RedfishPower::new(client.clone()));
-        self.redfish_management = Arc::new(RedfishManagement::new(client));
+        self.redfish_management = Arc::new(RedfishManagement::new(client.clone()));
+        self.redfish_client = client;
+        self.rebuild_vmedia();
         self
+    }
+
+    /// Where the redfish-virtual-media boot interface builds and serves
+    /// its ISOs (created, private to ferricd's user); without one it
+    /// refuses to prepare nodes.
+    pub fn with_virtual_media_dir(mut self, dir: PathBuf) -> DriverRegistry {
+        self.vmedia_dir = Some(dir);
+        self.rebuild_vmedia();
+        self
+    }
+
+    /// The redfish-virtual-media boot interface, whose ISOs ferricd serves.
+    pub fn redfish_vmedia(&self) -> &RedfishVirtualMediaBoot {
+        &self.vmedia
+    }
+
+    /// The virtual media interface shares the redfish client and the
+    /// `[conductor.pxe]` options: made again when either changes.
+    fn rebuild_vmedia(&mut self) {
+        self.vmedia = Arc::new(RedfishVirtualMediaBoot::new(
+            self.redfish_client.clone(),
+            self.ipxe.options().clone(),
+            self.vmedia_dir.clone(),
+        ));
     }
 
     /// How the ipxe boot interface boots nodes (Ironic's `[pxe]` options);
     /// refused when they are inconsistent or the template does not compile.
     pub fn with_pxe_options(mut self, options: PxeOptions) -> Result<DriverRegistry, DriverError> {
+        self.pxe = Arc::new(IpxeBoot::with_loader(options.clone(), Loader::Pxelinux)?);
         self.ipxe = Arc::new(IpxeBoot::new(options)?);
+        self.rebuild_vmedia();
         Ok(self)
     }
 
@@ -278,6 +325,11 @@ impl DriverRegistry {
     /// ferricd serves.
     pub fn ipxe(&self) -> &IpxeBoot {
         &self.ipxe
+    }
+
+    /// The pxe boot interface, which renders PXELINUX configurations.
+    pub fn pxe(&self) -> &IpxeBoot {
+        &self.pxe
     }
 
     /// The image cache of `image_download_source=local`, if configured.
@@ -357,6 +409,8 @@ impl DriverRegistry {
         };
         let boot: Arc<dyn BootInterface> = match implementations["boot"].as_str() {
             "ipxe" => self.ipxe.clone(),
+            "pxe" => self.pxe.clone(),
+            "redfish-virtual-media" => self.vmedia.clone(),
             _ => Arc::new(FakeBoot),
         };
         Ok(NodeDriver {
@@ -466,6 +520,31 @@ mod tests {
             serde_json::json!("https://192.0.2.1"),
         );
         assert_eq!(driver.validate(&node)["power"].result, Some(true));
+
+        // Virtual media boot, once asked for; without a server URL, deploy
+        // files and an ISO directory it says why not.
+        node.boot_interface = Some("redfish-virtual-media".into());
+        reg.resolve_interfaces(&mut node).unwrap();
+        let boot = &reg.node_driver(&node).unwrap().validate(&node)["boot"];
+        assert_eq!(boot.result, Some(false));
+        assert!(
+            boot.reason.as_deref().unwrap().contains("directory"),
+            "{boot:?}"
+        );
+        let reg = reg.with_virtual_media_dir(PathBuf::from("/nonexistent/vmedia"));
+        let boot = &reg.node_driver(&node).unwrap().validate(&node)["boot"];
+        assert!(
+            boot.reason.as_deref().unwrap().contains("http_url"),
+            "{boot:?}"
+        );
+        let mut ipmi = Node::new(uuid::Uuid::new_v4(), "ipmi", ProvisionState::Enroll);
+        ipmi.boot_interface = Some("redfish-virtual-media".into());
+        let all = DriverRegistry::new(
+            &["ipmi".to_string(), "redfish".to_string()],
+            DirectOptions::default(),
+        )
+        .unwrap();
+        assert!(all.resolve_interfaces(&mut ipmi).is_err());
     }
 
     #[test]

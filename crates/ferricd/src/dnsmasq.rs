@@ -7,9 +7,14 @@
 //! - host entries from `hosts_dir`, where the ipxe boot interface tags the
 //!   MACs of nodes that boot the ramdisk: only tagged MACs get boot options,
 //!   so every other machine on the network gets plain DHCP;
-//! - iPXE clients (DHCP option 175) get ferricd's `/boot/boot.ipxe`; other
-//!   PXE firmware gets an iPXE binary over TFTP (`undionly.kpxe` for BIOS,
-//!   `snponly.efi` for UEFI), copied from Debian's `ipxe` package.
+//! - nodes of the `ipxe` boot interface (tag `ferric`): iPXE clients (DHCP
+//!   option 175) get ferricd's `/boot/boot.ipxe`; other PXE firmware gets an
+//!   iPXE binary over TFTP (`undionly.kpxe` for BIOS, `snponly.efi` for
+//!   UEFI), copied from Debian's `ipxe` package;
+//! - nodes of the `pxe` boot interface (tag `ferric-pxe`, BIOS only) get
+//!   `lpxelinux.0` (Debian's `pxelinux`) over TFTP, with DHCP option 210
+//!   (path prefix) pointing it at ferricd's `/boot/pxelinux/`, where it finds
+//!   its `ldlinux.c32` and its node's configuration over HTTP.
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -60,6 +65,9 @@ impl Default for DnsmasqConfig {
 /// The iPXE binaries served over TFTP.
 pub const IPXE_BINARIES: &[&str] = &["undionly.kpxe", "snponly.efi", "ipxe.efi"];
 
+/// PXELINUX with HTTP support, for the `pxe` boot interface.
+pub const PXELINUX: &str = "/usr/lib/PXELINUX/lpxelinux.0";
+
 impl DnsmasqConfig {
     pub fn hosts_dir(&self) -> PathBuf {
         self.state_dir.join("hosts")
@@ -73,9 +81,11 @@ impl DnsmasqConfig {
         self.state_dir.join("dnsmasq.pid")
     }
 
-    /// dnsmasq's arguments; `boot_url` is the iPXE entry script's URL and
-    /// `tag` the tag of host entries.
-    pub fn args(&self, boot_url: &str, tag: &str) -> Vec<String> {
+    /// dnsmasq's arguments; `http_url` is where nodes reach ferricd and
+    /// `tag` the tag of the ipxe boot interface's host entries (the pxe
+    /// interface's add "-pxe").
+    pub fn args(&self, http_url: &str, tag: &str) -> Vec<String> {
+        let base = http_url.trim_end_matches('/');
         let mut args = vec![
             "--keep-in-foreground".to_string(),
             "--conf-file=/dev/null".to_string(),
@@ -91,9 +101,11 @@ impl DnsmasqConfig {
             "--dhcp-match=set:ipxe,175".to_string(),
             "--dhcp-match=set:efi,option:client-arch,7".to_string(),
             "--dhcp-match=set:efi,option:client-arch,9".to_string(),
-            format!("--dhcp-boot=tag:{tag},tag:ipxe,{boot_url}"),
+            format!("--dhcp-boot=tag:{tag},tag:ipxe,{base}/boot/boot.ipxe"),
             format!("--dhcp-boot=tag:{tag},tag:!ipxe,tag:efi,snponly.efi"),
             format!("--dhcp-boot=tag:{tag},tag:!ipxe,tag:!efi,undionly.kpxe"),
+            format!("--dhcp-boot=tag:{tag}-pxe,tag:!efi,lpxelinux.0"),
+            format!("--dhcp-option-force=tag:{tag}-pxe,210,{base}/boot/pxelinux/"),
         ];
         args.extend(self.dhcp_ranges.iter().map(|r| format!("--dhcp-range={r}")));
         args.extend(self.extra_args.iter().cloned());
@@ -101,7 +113,8 @@ impl DnsmasqConfig {
     }
 
     /// Prepares the state directory: host entries of a previous run are
-    /// kept (their nodes may still be booting), iPXE binaries copied.
+    /// kept (their nodes may still be booting), iPXE and PXELINUX binaries
+    /// copied.
     fn prepare(&self) -> anyhow::Result<()> {
         if self.interface.is_empty() || self.dhcp_ranges.is_empty() {
             anyhow::bail!("[dnsmasq] needs interface and dhcp_ranges when enabled");
@@ -116,6 +129,13 @@ impl DnsmasqConfig {
             std::fs::copy(&from, &to).with_context(|| {
                 format!("cannot copy {} (apt-get install ipxe)", from.display())
             })?;
+        }
+        // Only nodes of the pxe boot interface need it.
+        if let Err(e) = std::fs::copy(PXELINUX, self.tftp_root().join("lpxelinux.0")) {
+            tracing::warn!(
+                error = %e,
+                "no {PXELINUX} (apt-get install pxelinux): nodes of the pxe boot interface cannot boot"
+            );
         }
         Ok(())
     }
@@ -148,11 +168,11 @@ impl Dnsmasq {
     /// missing interface makes it exit at once).
     pub async fn start(
         config: &DnsmasqConfig,
-        boot_url: &str,
+        http_url: &str,
         tag: &str,
     ) -> anyhow::Result<Dnsmasq> {
         config.prepare()?;
-        let args = config.args(boot_url, tag);
+        let args = config.args(http_url, tag);
         tracing::info!(interface = %config.interface, "starting dnsmasq");
         let mut child = tokio::process::Command::new(&config.program)
             .args(&args)

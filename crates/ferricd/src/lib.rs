@@ -199,8 +199,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "[dnsmasq] needs the URL nodes reach ferricd at: set public_url or \
              [conductor.pxe] http_url",
         )?;
-        let boot_url = format!("{}/boot/boot.ipxe", base.trim_end_matches('/'));
-        Some(dnsmasq::Dnsmasq::start(&config.dnsmasq, &boot_url, &ipxe.options().dhcp_tag).await?)
+        Some(dnsmasq::Dnsmasq::start(&config.dnsmasq, &base, &ipxe.options().dhcp_tag).await?)
     } else {
         None
     };
