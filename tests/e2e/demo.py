@@ -79,6 +79,8 @@ def main() -> int:
             say("The VM boots its new disk; its console says")
             marker = bed.wait_console(MARKER, timeout=120, after=console_from)
             recorder.stop()
+            # The config drive's lines come after the marker.
+            bed.wait_console(USER_DATA_PREFIX, timeout=60, after=console_from)
             console = bed.vm.console_text()[console_from:]
             lines = [line for line in console.splitlines() if MARKER in line or USER_DATA_PREFIX in line]
             for line in lines:

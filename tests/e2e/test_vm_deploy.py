@@ -48,6 +48,8 @@ def test_a_vm_is_provisioned_and_cleaned_through_ipmi_and_network_boot(tmp_path:
         active = recorder.first(state="active", after=started) or time.time()
         marker = bed.wait_console(MARKER, timeout=120, after=console_from)
         recorder.stop()
+        # The init prints the config drive after the marker: wait for its last line.
+        bed.wait_console("FERRIC-META-DATA:", timeout=60, after=console_from)
         console = bed.vm.console_text()[console_from:]
         assert f"{USER_DATA_PREFIX} {USER_DATA}" in console, console[-3000:]
         assert '"hostname": "vm-1.example"' in console or "vm-1.example" in console, console[-3000:]

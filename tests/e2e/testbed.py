@@ -582,10 +582,15 @@ class Testbed:
         raise RuntimeError(f"node not {state} after {timeout} s: {node.get('provision_state')}\n{self.diagnostics()}")
 
     def wait_console(self, text: str, timeout: float, after: int = 0) -> float:
+        """Waits for `text` on the VM's console (from offset `after`); a
+        console that says the config drive is missing fails at once."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.vm.console_text()[after:]:
+            console = self.vm.console_text()[after:]
+            if text in console:
                 return time.time()
+            if "FERRIC-NO-CONFIG-DRIVE" in console:
+                raise RuntimeError(f"the instance found no config drive\n{self.diagnostics()}")
             time.sleep(0.2)
         raise RuntimeError(f"{text!r} not on the console after {timeout} s\n{self.diagnostics()}")
 
