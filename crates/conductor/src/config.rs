@@ -23,23 +23,23 @@ pub struct ConductorConfig {
     /// Allow deleting nodes in `available`; default: true (as Ironic).
     pub allow_deleting_available_nodes: bool,
     /// A node waiting for its agent longer than this fails; default: 1800 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub deploy_callback_timeout: Duration,
     /// How often wait states are checked for that timeout; default: 60 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub callback_check_interval: Duration,
     /// How often power states are read from the BMCs; 0 disables; default: 60 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub power_sync_interval: Duration,
     /// Failed power reads in a row before the node goes into maintenance
     /// with fault "power failure"; default: 3.
     pub power_failure_threshold: u32,
     /// How often this conductor refreshes its heartbeat; default: 10 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub heartbeat_interval: Duration,
     /// A conductor without a heartbeat for this long is dead and its locks
     /// are taken over; default: 60 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub dead_conductor_after: Duration,
     /// Where agents of `direct` deploys get images (Ironic's
     /// `[agent]image_download_source`): "http", the agent downloads
@@ -76,7 +76,7 @@ pub struct ConductorConfig {
     pub image_cache_size_mib: u64,
     /// Cached images unused for this long are removed (Ironic's
     /// `[pxe]image_cache_ttl`); default: 604800 s (a week).
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub image_cache_ttl: Duration,
     /// How the ipmitool power and management interfaces talk to BMCs
     /// (Ironic's `[ipmi]` options), `[conductor.ipmi]` in ferricd.toml:
@@ -188,19 +188,4 @@ fn default_hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
-}
-
-/// Durations as (possibly fractional) seconds in config files.
-mod seconds {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
-    }
 }

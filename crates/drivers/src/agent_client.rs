@@ -223,7 +223,7 @@ fn pinned_client(pem: &str) -> Result<reqwest::Client, DriverError> {
 
 /// An error and its causes, `a: b: c`: reqwest's own message rarely says
 /// what went wrong (a TLS refusal is in its sources).
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(inner) = cause {
@@ -241,7 +241,7 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// does not verify, say): asking again will not help. tokio-rustls reports
 /// rustls's errors as `InvalidData` I/O errors, which hyper-rustls wraps in
 /// another I/O error (whose `source` skips the inner one).
-fn is_tls_refusal(error: &reqwest::Error) -> bool {
+pub(crate) fn is_tls_refusal(error: &reqwest::Error) -> bool {
     fn invalid_data(io: &std::io::Error) -> bool {
         io.kind() == std::io::ErrorKind::InvalidData
             || io

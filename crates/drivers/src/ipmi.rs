@@ -151,27 +151,27 @@ pub struct IpmiOptions {
     /// Minimum time between two commands to the same BMC (Ironic's
     /// `[ipmi]min_command_interval`); default 5 s, as Ironic recommends:
     /// some BMCs crash when asked faster.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub min_command_interval: Duration,
     /// A failing command is retried until this much time has passed since
     /// it was first tried (Ironic's `[ipmi]command_retry_timeout`); default
     /// 60 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub command_retry_timeout: Duration,
     /// One ipmitool run that has not exited after this long is killed
     /// (Ironic's `[ipmi]kill_on_timeout`); default 60 s. Runs are never
     /// given more than what is left of `command_retry_timeout`.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub command_timeout: Duration,
     /// How long a power action waits for the BMC to report the new state
     /// when the request names no timeout (Ironic's
     /// `[conductor]power_state_change_timeout`); default 60 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub power_state_change_timeout: Duration,
     /// The same for a soft power off, which waits for the operating system
     /// to shut down (Ironic's `[conductor]soft_power_off_timeout`); default
     /// 600 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub soft_power_off_timeout: Duration,
     /// Whether to send the raw command that disables the BMC's 60 s boot
     /// device timeout when a node's `ipmi_disable_boot_timeout` is not set
@@ -1321,21 +1321,6 @@ impl ManagementInterface for IpmiManagement {
         self.tool
             .send_boot_device(node, &info, device, persistent)
             .await
-    }
-}
-
-/// Durations as (possibly fractional) seconds in config files.
-mod seconds {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
     }
 }
 

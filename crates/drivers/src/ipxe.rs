@@ -110,6 +110,60 @@ impl Default for PxeOptions {
     }
 }
 
+impl PxeOptions {
+    /// Where nodes (and BMCs, for virtual media) reach this server, without
+    /// a trailing slash.
+    pub fn http_url(&self) -> Result<&str, DriverError> {
+        let url = self.http_url.as_deref().ok_or_else(|| {
+            DriverError::InvalidParameter(
+                "booting nodes needs the URL they (and BMCs) reach this server at: set \
+                 [conductor.pxe] http_url (or image_url_base or public_url)"
+                    .into(),
+            )
+        })?;
+        check_url(url)
+            .and_then(|()| match url.contains(['?', '#']) {
+                true => Err(format!("{url:?} holds a query or a fragment")),
+                false => Ok(()),
+            })
+            .map_err(|e| DriverError::InvalidParameter(format!("[conductor.pxe] http_url: {e}")))?;
+        Ok(url.trim_end_matches('/'))
+    }
+
+    /// The API URL the agent calls back (`ipa-api-url`).
+    pub fn api_url(&self) -> Result<&str, DriverError> {
+        match self.api_url.as_deref() {
+            Some(url) => {
+                check_url(url).map_err(|e| {
+                    DriverError::InvalidParameter(format!("[conductor.pxe] api_url: {e}"))
+                })?;
+                Ok(url.trim_end_matches('/'))
+            }
+            None => self.http_url(),
+        }
+    }
+
+    /// The deploy ramdisk's kernel parameters for the node, without what
+    /// Ferric adds per boot: driver_info `kernel_append_params` (where
+    /// `%default%` stands for the server's), or the server's; checked for
+    /// `loader`.
+    pub fn append_params(&self, node: &Node, loader: BootLoader) -> Result<String, DriverError> {
+        let params = match node.driver_info.get("kernel_append_params") {
+            Some(Value::String(s)) => s.replace("%default%", &self.kernel_append_params),
+            None | Some(Value::Null) => self.kernel_append_params.clone(),
+            Some(other) => {
+                return Err(DriverError::InvalidParameter(format!(
+                    "driver_info kernel_append_params must be a string, got {other}"
+                )))
+            }
+        };
+        kernel_params::validate(&params, loader).map_err(|e| {
+            DriverError::InvalidParameter(format!("driver_info kernel_append_params: {e}"))
+        })?;
+        Ok(params)
+    }
+}
+
 /// A MAC address in the lower-case colon form ports store; accepts
 /// colons, hyphens (iPXE's `${mac:hexhyp}`) or none.
 pub fn normalize_mac(text: &str) -> Option<String> {
@@ -222,24 +276,10 @@ impl IpxeBoot {
         (name == "ldlinux.c32").then(|| self.options.syslinux_modules_dir.join(name))
     }
 
-    fn http_url(&self) -> Result<&str, DriverError> {
-        self.options
-            .http_url
-            .as_deref()
-            .map(|u| u.trim_end_matches('/'))
-            .ok_or_else(|| {
-                DriverError::InvalidParameter(
-                    "ipxe boot needs the URL nodes reach this server at: set \
-                     [conductor.pxe] http_url or public_url"
-                        .into(),
-                )
-            })
-    }
-
     /// The script iPXE gets from DHCP (option 175 clients): it chains to
     /// the script of the MAC it booted from.
     pub fn entry_script(&self) -> Result<String, DriverError> {
-        let base = self.http_url()?;
+        let base = self.options.http_url()?;
         Ok(format!(
             "#!ipxe\n\
              # Ferric: fetch this machine's own script.\n\
@@ -272,30 +312,12 @@ impl IpxeBoot {
                     )));
                 }
                 let name = key.trim_start_matches("deploy_");
-                Ok(format!("{}/boot/deploy/{name}", self.http_url()?))
+                Ok(format!("{}/boot/deploy/{name}", self.options.http_url()?))
             }
             Some(other) => Err(DriverError::InvalidParameter(format!(
                 "driver_info {key} must be an http(s) URL, got {other}"
             ))),
         }
-    }
-
-    /// The deploy ramdisk's kernel parameters for the node, without what
-    /// Ferric adds per boot.
-    fn append_params(&self, node: &Node) -> Result<String, DriverError> {
-        let params = match node.driver_info.get("kernel_append_params") {
-            Some(Value::String(s)) => s.replace("%default%", &self.options.kernel_append_params),
-            None | Some(Value::Null) => self.options.kernel_append_params.clone(),
-            Some(other) => {
-                return Err(DriverError::InvalidParameter(format!(
-                    "driver_info kernel_append_params must be a string, got {other}"
-                )))
-            }
-        };
-        kernel_params::validate(&params, BootLoader::Ipxe).map_err(|e| {
-            DriverError::InvalidParameter(format!("driver_info kernel_append_params: {e}"))
-        })?;
-        Ok(params)
     }
 
     /// The file of the deploy kernel or ramdisk this server serves.
@@ -319,14 +341,11 @@ impl IpxeBoot {
             ("boot_mode", boot_mode.to_string()),
             ("mac", mac.to_string()),
             ("node_uuid", node.uuid.to_string()),
-            ("http_url", self.http_url()?.to_string()),
+            ("http_url", self.options.http_url()?.to_string()),
         ]);
         if ramdisk {
-            let api_url = self.options.api_url.as_deref().map_or_else(
-                || self.http_url().map(str::to_string),
-                |u| Ok(u.to_string()),
-            )?;
-            let mut params = self.append_params(node)?;
+            let api_url = self.options.api_url()?;
+            let mut params = self.options.append_params(node, BootLoader::Ipxe)?;
             // What the agent needs: where the API is, and which NIC booted.
             params.push_str(&format!(
                 " ipa-api-url={api_url} BOOTIF=01-{}",
@@ -376,7 +395,9 @@ impl IpxeBoot {
     }
 }
 
-fn check_url(url: &str) -> Result<(), String> {
+/// An http(s) URL that can go into a boot script or an ISO's boot loader
+/// configuration as it is.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(format!("{url:?} is not an http(s) URL"));
     }
@@ -394,10 +415,10 @@ fn check_url(url: &str) -> Result<(), String> {
 #[async_trait]
 impl BootInterface for IpxeBoot {
     fn validate(&self, node: &Node) -> Result<(), DriverError> {
-        self.http_url()?;
+        self.options.http_url()?;
         self.deploy_file_url(node, "deploy_kernel")?;
         self.deploy_file_url(node, "deploy_ramdisk")?;
-        self.append_params(node)?;
+        self.options.append_params(node, BootLoader::Ipxe)?;
         let mode = BootMode::of_node(node, self.default_mode)?;
         if self.loader == Loader::Pxelinux && mode == BootMode::Uefi {
             return Err(DriverError::InvalidParameter(

@@ -37,6 +37,7 @@
 //! - What differs between vendors is decided in one place:
 //!   [`VendorQuirks`].
 
+use crate::agent_client::{error_chain, is_tls_refusal};
 use crate::interfaces::*;
 use crate::ipmi::BootMode;
 use crate::DriverError;
@@ -130,29 +131,29 @@ pub struct RedfishOptions {
     pub connection_attempts: u32,
     /// Pause between two tries (Ironic's
     /// `[redfish]connection_retry_interval`); default 4 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub connection_retry_interval: Duration,
     /// Time to open a connection to the BMC (Ironic's
     /// `[redfish]connect_timeout`); default 30 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub connect_timeout: Duration,
     /// Time for one whole request, connection included (Ironic's
     /// `[redfish]read_timeout`); default 60 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub request_timeout: Duration,
     /// How long a power action waits for the BMC to report the new state
     /// when the request names no timeout (Ironic's
     /// `[conductor]power_state_change_timeout`); default 60 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub power_state_change_timeout: Duration,
     /// The same for a soft power off, which waits for the operating system
     /// to shut down (Ironic's `[conductor]soft_power_off_timeout`); default
     /// 600 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub soft_power_off_timeout: Duration,
     /// Pause between two readings of the power state while waiting;
     /// default 1 s.
-    #[serde(with = "seconds")]
+    #[serde(with = "ferric_types::seconds")]
     pub power_state_poll_interval: Duration,
     /// Authentication of nodes whose driver_info names none (Ironic's
     /// `[redfish]auth_type`); default auto.
@@ -691,47 +692,6 @@ impl From<RedfishError> for DriverError {
             other => DriverError::Failed(error_chain(&other)),
         }
     }
-}
-
-/// An error and its causes, `a: b: c`: reqwest's own message rarely says
-/// what went wrong (a refused connection or certificate is in its sources).
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        let more = inner.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = inner.source();
-    }
-    text
-}
-
-/// Whether the connection failed in the TLS handshake (a certificate that
-/// does not verify): asking again will not help. tokio-rustls reports
-/// rustls's errors as `InvalidData` I/O errors, which hyper-rustls wraps in
-/// another I/O error.
-fn is_tls_refusal(error: &reqwest::Error) -> bool {
-    fn invalid_data(io: &std::io::Error) -> bool {
-        io.kind() == std::io::ErrorKind::InvalidData
-            || io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<std::io::Error>())
-                .is_some_and(invalid_data)
-    }
-    let mut cause = std::error::Error::source(error);
-    while let Some(inner) = cause {
-        if inner
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(invalid_data)
-        {
-            return true;
-        }
-        cause = inner.source();
-    }
-    false
 }
 
 /// The message of a Redfish error answer: `error.message` and the messages
@@ -2034,21 +1994,6 @@ impl ManagementInterface for RedfishManagement {
             }
             other => Ok(other?),
         }
-    }
-}
-
-/// Durations as (possibly fractional) seconds in config files.
-mod seconds {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
     }
 }
 

@@ -138,28 +138,6 @@ impl RedfishVirtualMediaBoot {
         })
     }
 
-    fn http_url(&self) -> Result<&str, DriverError> {
-        let url = self.options.http_url.as_deref().ok_or_else(|| {
-            invalid(
-                "virtual media needs the URL the BMC downloads the ISO from: set \
-                 [conductor.pxe] http_url (or image_url_base or public_url)"
-                    .into(),
-            )
-        })?;
-        check_url(url)
-            .map_err(|e| invalid(format!("[conductor.pxe] http_url: {e}")))
-            .map(|()| url.trim_end_matches('/'))
-    }
-
-    fn api_url(&self) -> Result<&str, DriverError> {
-        match self.options.api_url.as_deref() {
-            Some(url) => check_url(url)
-                .map_err(|e| invalid(format!("[conductor.pxe] api_url: {e}")))
-                .map(|()| url.trim_end_matches('/')),
-            None => self.http_url(),
-        }
-    }
-
     /// The server's deploy kernel or ramdisk (`key` is `deploy_kernel` or
     /// `deploy_ramdisk`), which must exist.
     fn deploy_file(&self, node: &Node, key: &str) -> Result<&Path, DriverError> {
@@ -193,24 +171,6 @@ impl RedfishVirtualMediaBoot {
         }
     }
 
-    /// The operator's kernel parameters for the node: driver_info
-    /// `kernel_append_params` (where `%default%` stands for the server's)
-    /// or the server's.
-    fn append_params(&self, node: &Node) -> Result<String, DriverError> {
-        let params = match node.driver_info.get("kernel_append_params") {
-            Some(Value::String(s)) => s.replace("%default%", &self.options.kernel_append_params),
-            None | Some(Value::Null) => self.options.kernel_append_params.clone(),
-            Some(other) => {
-                return Err(invalid(format!(
-                    "driver_info kernel_append_params must be a string, got {other}"
-                )))
-            }
-        };
-        kernel_params::validate(&params, BootLoader::Quoted)
-            .map_err(|e| invalid(format!("kernel_append_params: {e}")))?;
-        Ok(params)
-    }
-
     fn boot_mode(&self, node: &Node) -> Result<BootMode, DriverError> {
         BootMode::of_node(node, self.client.options().default_boot_mode)
     }
@@ -219,8 +179,8 @@ impl RedfishVirtualMediaBoot {
     fn kernel_command_line(&self, node: &Node, token: &str) -> Result<String, DriverError> {
         let params = format!(
             "{} ipa-api-url={} ipa-agent-token={token}",
-            self.append_params(node)?,
-            self.api_url()?
+            self.options.append_params(node, BootLoader::Quoted)?,
+            self.options.api_url()?
         );
         let params = params.trim().to_string();
         kernel_params::validate(&params, BootLoader::Quoted)
@@ -336,21 +296,6 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// An http(s) URL that goes onto a kernel command line unquoted.
-fn check_url(url: &str) -> Result<(), String> {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(format!("{url:?} is not an http(s) URL"));
-    }
-    if url.chars().any(|c| {
-        c.is_ascii_control() || c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | '?' | '#')
-    }) {
-        return Err(format!(
-            "{url:?} holds spaces, control characters, quotes, a query or a fragment"
-        ));
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl BootInterface for RedfishVirtualMediaBoot {
     /// Checks without talking to the BMC: its driver_info, where the ISO
@@ -358,8 +303,8 @@ impl BootInterface for RedfishVirtualMediaBoot {
     fn validate(&self, node: &Node) -> Result<(), DriverError> {
         self.client.driver_info(node)?;
         self.dir()?;
-        self.http_url()?;
-        self.api_url()?;
+        self.options.http_url()?;
+        self.options.api_url()?;
         let kernel = self.deploy_file(node, "deploy_kernel")?;
         bootiso::check_kernel(kernel).map_err(|e| {
             invalid(format!(
@@ -398,7 +343,7 @@ impl BootInterface for RedfishVirtualMediaBoot {
         let size = self.build_iso(node, &name, append).await?;
         tracing::info!(node = %node.uuid, size, "virtual media ISO built");
 
-        let url = format!("{}{VMEDIA_PATH}/{name}.iso", self.http_url()?);
+        let url = format!("{}{VMEDIA_PATH}/{name}.iso", self.options.http_url()?);
         self.client
             .insert_virtual_media(node, &url, VirtualMediaDevice::Cd)
             .await

@@ -7,6 +7,7 @@
 pub mod kernel_params;
 pub mod node;
 pub mod port;
+pub mod seconds;
 pub mod state;
 pub mod step;
 pub mod timestamp;
