@@ -2,6 +2,7 @@
 //! it works against Ferric and against OpenStack Ironic.
 
 mod client;
+mod ignition;
 mod image;
 mod output;
 pub mod ramdisk;
@@ -67,6 +68,9 @@ pub enum Command {
     /// The deploy ramdisk: build the initramfs, make a bootable ISO.
     #[command(subcommand)]
     Ramdisk(ramdisk::RamdiskCommand),
+    /// An Ignition config that makes a CoreOS live ISO or PXE boot run
+    /// ferric-agent (the static binary from ferricd, or a container image).
+    Ignition(ignition::IgnitionArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -442,6 +446,7 @@ fn execute(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => image::image_command(cli.format, cmd),
         Command::Configdrive(cmd) => image::configdrive_command(cmd),
         Command::Ramdisk(cmd) => ramdisk::ramdisk_command(cmd),
+        Command::Ignition(args) => ignition::ignition_command(args),
         Command::Node(cmd) => node_command(&client(), &out, cmd),
         Command::Port(cmd) => port_command(&client(), &out, cmd),
         Command::Driver(ListOnly::List) => {
