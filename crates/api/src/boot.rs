@@ -11,8 +11,10 @@
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use ferric_drivers::anaconda::LiveImage;
 use ferric_drivers::ipxe::{normalize_mac, Loader};
 use ferric_store::{NodeIdent, PortQuery};
+use ferric_types::ProvisionState;
 
 use crate::error::{ApiError, ApiResult};
 use crate::images::file_response;
@@ -147,6 +149,122 @@ async fn serve_local_file(
         )
     })?;
     file_response(file, len, None, method, headers).await
+}
+
+/// A node of the anaconda deploy while its installer runs (deploying, wait
+/// call-back), with its token; anything else is 404 (`what` says what was
+/// asked for, never echoing the request).
+async fn installing_node(
+    state: &AppState,
+    ident: &str,
+    what: &str,
+) -> ApiResult<ferric_types::Node> {
+    let not_found = || ApiError::not_found(format!("No {what} for that node."));
+    let uuid = uuid::Uuid::parse_str(ident).map_err(|_| not_found())?;
+    let node = match state
+        .conductor
+        .store()
+        .get_node(&NodeIdent::Uuid(uuid))
+        .await
+    {
+        Ok(node) => node,
+        Err(ferric_store::StoreError::NodeNotFound(_)) => return Err(not_found()),
+        Err(e) => return Err(e.into()),
+    };
+    let installing = matches!(
+        node.provision_state,
+        ProvisionState::Deploying | ProvisionState::WaitCallBack
+    );
+    if node.deploy_interface.as_deref() != Some("anaconda") || !installing {
+        return Err(not_found());
+    }
+    Ok(node)
+}
+
+/// `GET /boot/kickstart/{node}`: the kickstart of a node the anaconda
+/// deploy installs, rendered now (it carries the deployment's callback
+/// token, so it is only answered while the installer runs).
+pub async fn kickstart(
+    State(state): State<AppState>,
+    Path(node): Path<String>,
+) -> ApiResult<Response> {
+    let node = installing_node(&state, &node, "kickstart").await?;
+    let kickstart = state
+        .conductor
+        .registry()
+        .anaconda()
+        .kickstart(&node)
+        .map_err(|e| {
+            tracing::warn!(node = %node.uuid, error = %e, "no kickstart");
+            ApiError::not_found("No kickstart for that node.")
+        })?;
+    tracing::info!(node = %node.uuid, "served the kickstart");
+    Ok(script_response(kickstart))
+}
+
+/// `GET|HEAD /boot/liveimg/{node}[.ext]`: the OS image of a node the
+/// anaconda deploy installs: a redirect to its http(s) image_source, or the
+/// file of a `file://` one. The extension is the node's
+/// disk_file_extension, which tells the installer a tarball from a disk
+/// image.
+pub async fn liveimg(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let split = name.len().min(36);
+    if !name.is_char_boundary(split) {
+        return Err(ApiError::not_found("No OS image for that node."));
+    }
+    let (ident, ext) = name.split_at(split);
+    let node = installing_node(&state, ident, "OS image").await?;
+    if ext != ferric_drivers::anaconda::disk_file_extension(&node) {
+        return Err(ApiError::not_found("No OS image for that node."));
+    }
+    let image = state
+        .conductor
+        .registry()
+        .anaconda()
+        .liveimg(&node)
+        .map_err(|e| {
+            tracing::warn!(node = %node.uuid, error = %e, "no OS image");
+            ApiError::not_found("No OS image for that node.")
+        })?;
+    match image {
+        LiveImage::Redirect(url) => {
+            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+            let location = HeaderValue::from_str(&url)
+                .map_err(|_| ApiError::not_found("No OS image for that node."))?;
+            response.headers_mut().insert(header::LOCATION, location);
+            Ok(response)
+        }
+        LiveImage::File(file) => {
+            let len = file
+                .metadata()
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .len();
+            file_response(file, len, None, &method, &headers).await
+        }
+    }
+}
+
+/// `GET|HEAD /boot/agent/ferric-agent`: the static agent binary of
+/// `[conductor.pxe] agent_binary`.
+pub async fn agent_binary(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let path = state
+        .conductor
+        .registry()
+        .ipxe()
+        .options()
+        .agent_binary
+        .clone()
+        .ok_or_else(|| ApiError::not_found("No agent binary is configured."))?;
+    serve_local_file(path, "ferric-agent", &method, &headers).await
 }
 
 /// `GET|HEAD /boot/vmedia/{name}`: the ISO a BMC boots a node's deploy

@@ -174,6 +174,20 @@ pub fn router(state: AppState) -> Router {
             &format!("{}/pxelinux/{{name}}", boot::BOOT_PATH),
             get(boot::pxelinux_module),
         )
+        // The anaconda deploy's kickstarts and OS images.
+        .route(
+            &format!("{}/{{node}}", ferric_drivers::anaconda::KICKSTART_PATH),
+            get(boot::kickstart),
+        )
+        .route(
+            &format!("{}/{{name}}", ferric_drivers::anaconda::LIVEIMG_PATH),
+            get(boot::liveimg),
+        )
+        // The static agent, for live systems that fetch it (ferric ignition).
+        .route(
+            &format!("{}/agent/ferric-agent", boot::BOOT_PATH),
+            get(boot::agent_binary),
+        )
         // Virtual media boot ISOs (redfish-virtual-media boot interface).
         .route(
             &format!("{}/{{name}}", ferric_drivers::redfish_vmedia::VMEDIA_PATH),

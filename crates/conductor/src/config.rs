@@ -1,3 +1,4 @@
+use ferric_drivers::anaconda::AnacondaOptions;
 use ferric_drivers::direct::{DirectOptions, ImageDownloadSource};
 use ferric_drivers::image_cache::{CacheConfig, ImageCache};
 use ferric_drivers::ipmi::IpmiOptions;
@@ -101,6 +102,11 @@ pub struct ConductorConfig {
     /// power_state_poll_interval (1 s), auth_type ("auto"),
     /// default_boot_mode ("uefi").
     pub redfish: RedfishOptions,
+    /// How the anaconda deploy interface installs nodes (Ironic's
+    /// `[anaconda]`), `[conductor.anaconda]` in ferricd.toml:
+    /// default_ks_template (a file; default: Ferric's own template),
+    /// insecure_heartbeat (false).
+    pub anaconda: AnacondaOptions,
 }
 
 impl Default for ConductorConfig {
@@ -128,6 +134,7 @@ impl Default for ConductorConfig {
             ipmi: IpmiOptions::default(),
             pxe: PxeOptions::default(),
             redfish: RedfishOptions::default(),
+            anaconda: AnacondaOptions::default(),
         }
     }
 }

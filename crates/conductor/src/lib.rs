@@ -54,6 +54,7 @@ impl Conductor {
             .with_redfish_options(config.redfish.clone())
             .with_virtual_media_dir(config.virtual_media_dir())
             .with_pxe_options(config.pxe_options())
+            .and_then(|r| r.with_anaconda_options(config.anaconda.clone()))
             .map_err(|e| ConductorError::Config(e.to_string()))?;
         let conductor = Conductor {
             inner: Arc::new(Inner {

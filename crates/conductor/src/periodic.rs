@@ -160,6 +160,62 @@ impl Conductor {
                 tracing::warn!(node = %node.uuid, error = %e, "could not time out node");
             }
         }
+        self.retry_silent_boots().await
+    }
+
+    /// Reboots nodes that network-booted for an agent or an installer and
+    /// were not heard from within `[conductor.pxe] boot_retry_timeout`
+    /// (Ironic's boot retry): a lost DHCP answer or TFTP transfer should
+    /// not cost a whole callback timeout. A node that called back once is
+    /// left alone.
+    pub async fn retry_silent_boots(&self) -> Result<(), ConductorError> {
+        let Some(retry_after) = self.registry().ipxe().options().boot_retry_timeout else {
+            return Ok(());
+        };
+        let retry_after = retry_after as f64;
+        let query = NodeQuery {
+            provision_states: Some(vec![
+                ProvisionState::WaitCallBack,
+                ProvisionState::CleanWait,
+            ]),
+            ..Default::default()
+        };
+        for node in self.store().list_nodes(&query).await? {
+            if !self.owns(&node)
+                || node.reservation.is_some()
+                || !boot_is_silent(&node, retry_after)
+            {
+                continue;
+            }
+            let uuid = node.uuid;
+            let result = self
+                .with_lock(&NodeIdent::Uuid(uuid), |n| {
+                    let silent = boot_is_silent(n, retry_after);
+                    if silent {
+                        n.driver_internal_info.insert(
+                            BOOT_RETRY_KEY.into(),
+                            serde_json::Value::String(ferric_types::Timestamp::now().to_string()),
+                        );
+                    }
+                    Ok(silent)
+                })
+                .await;
+            let node = match result {
+                Ok((node, true)) => node,
+                Ok((_, false)) => continue,
+                Err(e) => {
+                    tracing::warn!(node = %uuid, error = %e, "could not record a boot retry");
+                    continue;
+                }
+            };
+            let Ok(driver) = self.registry().node_driver(&node) else {
+                continue;
+            };
+            tracing::warn!(node = %uuid, after = retry_after, "no callback since the node booted: rebooting it");
+            if let Err(e) = driver.power.reboot(&node, false, None).await {
+                tracing::warn!(node = %uuid, error = %e, "boot retry: could not reboot");
+            }
+        }
         Ok(())
     }
 
@@ -226,6 +282,37 @@ impl Conductor {
             Err(e) => Err(e),
         }
     }
+}
+
+/// When the last boot retry was (driver_internal_info).
+const BOOT_RETRY_KEY: &str = "boot_retry_at";
+
+/// Whether `node` network-booted (ipxe, pxe) more than `after` seconds ago
+/// (the wait began, or the last retry) and nothing called back since.
+fn boot_is_silent(node: &Node, after: f64) -> bool {
+    let network = matches!(node.boot_interface.as_deref(), Some("ipxe" | "pxe"));
+    let info = &node.driver_internal_info;
+    let heard = info.contains_key("agent_last_heartbeat") || info.contains_key("agent_status");
+    // The later of the wait's start and the last retry (which may be of
+    // an earlier operation).
+    let retried = info
+        .get(BOOT_RETRY_KEY)
+        .and_then(serde_json::Value::as_str)
+        .and_then(|t| ferric_types::Timestamp::parse(t).ok())
+        .map(|t| t.age_seconds())
+        .unwrap_or(f64::MAX);
+    let waiting = node
+        .provision_updated_at
+        .map(|t| t.age_seconds())
+        .unwrap_or(0.0);
+    let since = retried.min(waiting);
+    network
+        && !heard
+        && matches!(
+            node.provision_state,
+            ProvisionState::WaitCallBack | ProvisionState::CleanWait
+        )
+        && since >= after
 }
 
 /// Runs `task` every `interval`, logging its errors, forever.

@@ -72,7 +72,37 @@ fn agent_steps_key(kind: StepKind) -> String {
 /// Steps of the deploy interface may name agent steps not known before the
 /// agent is up; they are checked when it tells its steps.
 fn agent_may_offer(driver: &NodeDriver) -> Option<StepInterface> {
-    driver.deploy.uses_agent().then_some(StepInterface::Deploy)
+    driver
+        .deploy
+        .agent_deploy_steps()
+        .then_some(StepInterface::Deploy)
+}
+
+/// Checks that the in-band deploy steps among `steps` (those the interface
+/// does not run itself) have a priority the interface leaves them
+/// (custom-agent: 61 to 99, while the agent is up).
+fn check_in_band_priorities(driver: &NodeDriver, steps: &[Step]) -> Result<(), String> {
+    let Some(window) = driver.deploy.in_band_priorities() else {
+        return Ok(());
+    };
+    let own = driver.deploy.steps(StepKind::Deploy);
+    for step in steps {
+        let priority = step.priority.unwrap_or(0);
+        let in_band = step.interface == StepInterface::Deploy
+            && !is_reserved(step)
+            && !own.iter().any(|d| d.step == step.step);
+        if in_band && priority > 0 && !window.contains(&priority) {
+            return Err(format!(
+                "deploy step \"{}\" runs in the agent, which is up only between the deploy \
+                 (100) and prepare_instance_boot (60) steps: give it a priority from {} to {} \
+                 (it has {priority})",
+                step.step,
+                window.start(),
+                window.end()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn internal_key(kind: StepKind, what: &str) -> String {
@@ -184,6 +214,16 @@ impl Conductor {
 
         match transition.action {
             Action::Deploy => {
+                // The config drive first: the deploy interface validates it
+                // (nothing is saved when validation fails).
+                match &request.configdrive {
+                    Some(cd) if !is_empty_configdrive(cd) => {
+                        node.instance_info.insert("configdrive".into(), cd.clone());
+                    }
+                    _ => {
+                        node.instance_info.remove("configdrive");
+                    }
+                }
                 driver.power.validate(node).map_err(invalid)?;
                 driver.deploy.validate(node).map_err(invalid)?;
                 driver.boot.validate(node).map_err(invalid)?;
@@ -195,14 +235,8 @@ impl Conductor {
                     agent_may_offer(&driver),
                 )
                 .map_err(ConductorError::InvalidParameter)?;
-                match &request.configdrive {
-                    Some(cd) if !is_empty_configdrive(cd) => {
-                        node.instance_info.insert("configdrive".into(), cd.clone());
-                    }
-                    _ => {
-                        node.instance_info.remove("configdrive");
-                    }
-                }
+                check_in_band_priorities(&driver, &steps)
+                    .map_err(ConductorError::InvalidParameter)?;
                 clear_step_state(node);
                 store_steps(node, StepKind::Deploy, &steps);
                 if !requested.is_empty() {
@@ -804,6 +838,9 @@ impl Conductor {
         };
         let offered = with_agent_steps(&driver.deploy.steps(kind), &agent);
         let steps = replan(kind.as_str(), &offered, &stored, done, &requested, manual)?;
+        if kind == StepKind::Deploy {
+            check_in_band_priorities(driver, &steps[done.min(steps.len())..])?;
+        }
         node.driver_internal_info.insert(
             internal_key(kind, STEP_LIST_KEY),
             serde_json::to_value(&steps).unwrap_or(Value::Array(Vec::new())),

@@ -9,6 +9,16 @@
 //! `force_raw_images`, converts it to raw, and the agent fetches it from
 //! ferricd's own HTTP server). A node's `instance_info` and then its
 //! `driver_info` may override the conductor's default, as in Ironic.
+//!
+//! The same type is the `custom-agent` deploy interface (Ironic's
+//! `CustomAgentDeploy`, seed 003): the ramdisk boots and is torn down as for
+//! `direct`, but no image is needed and nothing is written by the conductor's
+//! steps. Only the agent's own deploy steps run, those it lists with a
+//! priority and those the operator requests in `deploy_steps` (Metal3's
+//! customDeploy: `[{interface: deploy, step: install_coreos, priority: 80}]`),
+//! between `deploy` (100) and `prepare_instance_boot` (60): priorities 61 to
+//! 99. The agent is sent the node's config drive with its steps (the
+//! install_coreos step reads Ignition from its user_data).
 
 use crate::agent_client::{command_error, AgentClient};
 use crate::image_cache::{self, CachedImage, ImageCache, ImageRequest};
@@ -110,14 +120,41 @@ impl Default for DirectOptions {
     }
 }
 
+/// Which deploy interface a [`DirectDeploy`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    /// `direct`: the agent writes the image (write_image).
+    Direct,
+    /// `custom-agent`: only the agent's own steps.
+    CustomAgent,
+}
+
+/// Where `custom-agent` runs in-band deploy steps: after `deploy` (100),
+/// before `prepare_instance_boot` (60).
+pub const CUSTOM_AGENT_PRIORITIES: std::ops::RangeInclusive<i64> = 61..=99;
+
 pub struct DirectDeploy {
     agent: AgentClient,
     options: Arc<DirectOptions>,
+    flavor: Flavor,
 }
 
 impl DirectDeploy {
     pub fn new(agent: AgentClient, options: Arc<DirectOptions>) -> Self {
-        DirectDeploy { agent, options }
+        DirectDeploy {
+            agent,
+            options,
+            flavor: Flavor::Direct,
+        }
+    }
+
+    /// The `custom-agent` deploy interface.
+    pub fn custom_agent(agent: AgentClient, options: Arc<DirectOptions>) -> Self {
+        DirectDeploy {
+            agent,
+            options,
+            flavor: Flavor::CustomAgent,
+        }
     }
 
     fn step(name: &str, priority: i64) -> StepDefinition {
@@ -350,10 +387,14 @@ fn configdrive(node: &Node) -> Result<Option<Value>, DriverError> {
     }
 }
 
-/// What the agent is told about the node: no secrets.
-fn node_for_agent(node: &Node) -> Value {
+/// What the agent is told about the node: no secrets, and the config drive
+/// only when `with_configdrive` (custom-agent steps read it; write_image
+/// gets it built, as an argument).
+fn node_for_agent(node: &Node, with_configdrive: bool) -> Value {
     let mut instance_info: Map<String, Value> = node.instance_info.clone();
-    instance_info.remove("configdrive");
+    if !with_configdrive {
+        instance_info.remove("configdrive");
+    }
     json!({
         "uuid": node.uuid.to_string(),
         "name": node.name,
@@ -375,7 +416,9 @@ impl DirectDeploy {
                 // With `local`, the image is cached (and converted) before
                 // the node boots: a bad image fails the deploy early, and
                 // the download does not keep the agent waiting.
-                if self.download_source(node)? == ImageDownloadSource::Local {
+                if self.flavor == Flavor::Direct
+                    && self.download_source(node)? == ImageDownloadSource::Local
+                {
                     self.prepare_local_image(node).await?;
                 }
                 // The ramdisk is prepared; boot it and wait for its agent.
@@ -395,7 +438,7 @@ impl DirectDeploy {
                                        "priority": step.priority, "args": args});
                 // No deploy_version: the agent then does not compare hardware
                 // manager versions (Ironic sends what get_deploy_steps said).
-                let params = json!({"step": sent_step, "node": node_for_agent(node), "ports": []});
+                let params = json!({"step": sent_step, "node": node_for_agent(node, self.flavor == Flavor::CustomAgent), "ports": []});
                 let result = self
                     .agent
                     .execute(node, "deploy.execute_deploy_step", params, false)
@@ -456,7 +499,7 @@ impl DirectDeploy {
     ) -> Result<StepOutcome, DriverError> {
         let sent_step = json!({"interface": "deploy", "step": step.step,
                                "priority": step.priority, "args": step.args});
-        let params = json!({"step": sent_step, "node": node_for_agent(node), "ports": []});
+        let params = json!({"step": sent_step, "node": node_for_agent(node, self.flavor == Flavor::CustomAgent), "ports": []});
         let command = format!("{}.execute_{}_step", kind.as_str(), kind.as_str());
         let result = self.agent.execute(node, &command, params, false).await?;
         if result["command_status"] == "FAILED" {
@@ -528,6 +571,10 @@ fn agent_step_definitions(kind: StepKind, answer: &Value) -> Vec<StepDefinition>
 #[async_trait]
 impl DeployInterface for DirectDeploy {
     fn validate(&self, node: &Node) -> Result<(), DriverError> {
+        if self.flavor == Flavor::CustomAgent {
+            // No image: the agent's steps decide what is written.
+            return Ok(());
+        }
         remote_image_info(node)?;
         if self.download_source(node)? == ImageDownloadSource::Local {
             let (cache, _) = self.local_setup()?;
@@ -544,6 +591,12 @@ impl DeployInterface for DirectDeploy {
 
     fn steps(&self, kind: StepKind) -> Vec<StepDefinition> {
         match kind {
+            StepKind::Deploy if self.flavor == Flavor::CustomAgent => vec![
+                Self::step("deploy", 100),
+                Self::step("prepare_instance_boot", 60),
+                Self::step("tear_down_agent", 40),
+                Self::step("boot_instance", 20),
+            ],
             StepKind::Deploy => vec![
                 Self::step("deploy", 100),
                 Self::step("write_image", 80),
@@ -588,6 +641,10 @@ impl DeployInterface for DirectDeploy {
         true
     }
 
+    fn in_band_priorities(&self) -> Option<std::ops::RangeInclusive<i64>> {
+        (self.flavor == Flavor::CustomAgent).then_some(CUSTOM_AGENT_PRIORITIES)
+    }
+
     async fn agent_steps(
         &self,
         node: &mut Node,
@@ -597,7 +654,8 @@ impl DeployInterface for DirectDeploy {
             return Ok(None);
         }
         let command = format!("{}.get_{}_steps", kind.as_str(), kind.as_str());
-        let params = json!({"node": node_for_agent(node), "ports": []});
+        let params =
+            json!({"node": node_for_agent(node, self.flavor == Flavor::CustomAgent), "ports": []});
         let result = self.agent.execute(node, &command, params, true).await?;
         if result["command_status"] != "SUCCEEDED" {
             return Err(DriverError::Failed(command_error(&result)));

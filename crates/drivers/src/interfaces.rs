@@ -231,6 +231,17 @@ pub trait DeployInterface: Send + Sync {
     fn uses_agent(&self) -> bool {
         false
     }
+    /// Whether the agent may offer deploy steps of its own (requested
+    /// steps this interface does not know are then checked once it is up).
+    fn agent_deploy_steps(&self) -> bool {
+        self.uses_agent()
+    }
+    /// The priorities in-band deploy steps (the agent's) must have, when
+    /// the interface's own steps leave them only a window (custom-agent:
+    /// between deploy and prepare_instance_boot).
+    fn in_band_priorities(&self) -> Option<std::ops::RangeInclusive<i64>> {
+        None
+    }
     /// On a heartbeat while the node waits: what became of the step the
     /// agent runs. Only for interfaces that use an agent.
     async fn check_agent_step(

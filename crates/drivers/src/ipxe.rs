@@ -9,6 +9,9 @@
 //! - while the deploy ramdisk is prepared (`prepare_ramdisk` until
 //!   `clean_up_ramdisk`), it boots the deploy kernel and ramdisk with the
 //!   agent's parameters;
+//! - while the anaconda deploy's installer runs, the installer's kernel and
+//!   initrd with `inst.ks=` and `inst.stage2=` or `inst.repo=`;
+//! - the instance kernel and ramdisk (or `boot_iso`) of a ramdisk deploy;
 //! - otherwise it boots the local disk, so a node that network-boots after
 //!   its deployment never loops back into the ramdisk.
 //!
@@ -30,7 +33,7 @@ use crate::ipmi::BootMode;
 use crate::DriverError;
 use async_trait::async_trait;
 use ferric_types::kernel_params::{self, BootLoader};
-use ferric_types::{Node, Port};
+use ferric_types::{Node, Port, ProvisionState};
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -90,6 +93,15 @@ pub struct PxeOptions {
     pub dhcp_tag: String,
     /// Boot mode of nodes that say nothing of theirs; default: "uefi".
     pub default_boot_mode: String,
+    /// Seconds after which a node that network-booted and never called
+    /// back (no agent heartbeat, no installer callback) is rebooted again
+    /// (Ironic's `[pxe]boot_retry_timeout`); at least 60. Default: none,
+    /// no retries. A node that called back once is not retried: a long
+    /// anaconda installation is left to `deploy_callback_timeout`.
+    pub boot_retry_timeout: Option<u64>,
+    /// The static ferric-agent binary served at /boot/agent/ferric-agent,
+    /// for live systems that fetch it (`ferric ignition`). Default: none.
+    pub agent_binary: Option<PathBuf>,
 }
 
 impl Default for PxeOptions {
@@ -106,6 +118,8 @@ impl Default for PxeOptions {
             dhcp_hosts_dir: None,
             dhcp_tag: "ferric".to_string(),
             default_boot_mode: "uefi".to_string(),
+            boot_retry_timeout: None,
+            agent_binary: None,
         }
     }
 }
@@ -227,6 +241,9 @@ impl IpxeBoot {
                 options.dhcp_tag
             )));
         }
+        if options.boot_retry_timeout.is_some_and(|t| t < 60) {
+            return Err(bad("boot_retry_timeout: at least 60 seconds".into()));
+        }
         let mut templates = Environment::new();
         templates.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         for (name, path, default) in [
@@ -329,31 +346,92 @@ impl IpxeBoot {
         }
     }
 
+    /// What the node boots now (see [`NetworkBoot`]).
+    pub fn network_boot(&self, node: &Node) -> Result<NetworkBoot, DriverError> {
+        let ramdisk = node.driver_internal_info.get(RAMDISK_KEY) == Some(&Value::Bool(true));
+        let deploy_interface = node.deploy_interface.as_deref().unwrap_or("");
+        let installing = matches!(
+            node.provision_state,
+            ProvisionState::Deploying | ProvisionState::WaitCallBack
+        );
+        if ramdisk && deploy_interface == "anaconda" && installing {
+            if let Some(boot) = node.driver_internal_info.get(INSTALLER_KEY) {
+                return installer_boot(boot);
+            }
+        }
+        if ramdisk {
+            return Ok(NetworkBoot::Deploy);
+        }
+        if deploy_interface == "ramdisk" {
+            return instance_ramdisk(node, self.loader);
+        }
+        Ok(NetworkBoot::Local)
+    }
+
     /// The script for the node's port `mac` (normalized).
     pub fn script(&self, node: &Node, mac: &str) -> Result<String, DriverError> {
-        let ramdisk = node.driver_internal_info.get(RAMDISK_KEY) == Some(&Value::Bool(true));
         let boot_mode = match BootMode::of_node(node, self.default_mode)? {
             BootMode::Uefi => "uefi",
             BootMode::Bios => "bios",
         };
+        let boot = self.network_boot(node)?;
+        let mode = match &boot {
+            NetworkBoot::Deploy => "deploy",
+            NetworkBoot::Installer { .. } => "installer",
+            NetworkBoot::Ramdisk { .. } => "ramdisk",
+            NetworkBoot::Iso { .. } => "iso",
+            NetworkBoot::Local => "local",
+        };
         let mut context: BTreeMap<&str, String> = BTreeMap::from([
-            ("mode", if ramdisk { "deploy" } else { "local" }.to_string()),
+            ("mode", mode.to_string()),
             ("boot_mode", boot_mode.to_string()),
             ("mac", mac.to_string()),
             ("node_uuid", node.uuid.to_string()),
             ("http_url", self.options.http_url()?.to_string()),
         ]);
-        if ramdisk {
-            let api_url = self.options.api_url()?;
-            let mut params = self.options.append_params(node, BootLoader::Ipxe)?;
-            // What the agent needs: where the API is, and which NIC booted.
-            params.push_str(&format!(
-                " ipa-api-url={api_url} BOOTIF=01-{}",
-                mac.replace(':', "-")
-            ));
-            context.insert("kernel_url", self.deploy_file_url(node, "deploy_kernel")?);
-            context.insert("ramdisk_url", self.deploy_file_url(node, "deploy_ramdisk")?);
-            context.insert("kernel_params", params.trim().to_string());
+        let bootif = format!("BOOTIF=01-{}", mac.replace(':', "-"));
+        match boot {
+            NetworkBoot::Deploy => {
+                let api_url = self.options.api_url()?;
+                let mut params = self.options.append_params(node, BootLoader::Ipxe)?;
+                // What the agent needs: where the API is, and which NIC booted.
+                params.push_str(&format!(" ipa-api-url={api_url} {bootif}"));
+                context.insert("kernel_url", self.deploy_file_url(node, "deploy_kernel")?);
+                context.insert("ramdisk_url", self.deploy_file_url(node, "deploy_ramdisk")?);
+                context.insert("kernel_params", params.trim().to_string());
+            }
+            NetworkBoot::Installer {
+                kernel,
+                ramdisk,
+                params,
+            } => {
+                // The installer's own parameters (inst.ks, inst.stage2 or
+                // inst.repo) after the server's, and the NIC that booted.
+                let append = self.options.append_params(node, BootLoader::Ipxe)?;
+                context.insert("kernel_url", kernel);
+                context.insert("ramdisk_url", ramdisk);
+                context.insert(
+                    "kernel_params",
+                    format!("{append} {params} {bootif}").trim().to_string(),
+                );
+            }
+            NetworkBoot::Ramdisk {
+                kernel,
+                ramdisk,
+                params,
+            } => {
+                let append = self.options.append_params(node, BootLoader::Ipxe)?;
+                context.insert("kernel_url", kernel);
+                context.insert("ramdisk_url", ramdisk);
+                context.insert(
+                    "kernel_params",
+                    format!("{append} {params} {bootif}").trim().to_string(),
+                );
+            }
+            NetworkBoot::Iso { url } => {
+                context.insert("iso_url", url);
+            }
+            NetworkBoot::Local => {}
         }
         let name = match self.loader {
             Loader::Ipxe => "ipxe_template",
@@ -392,6 +470,107 @@ impl IpxeBoot {
                 })?;
         }
         Ok(())
+    }
+}
+
+/// What a node network-boots, decided from the node as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkBoot {
+    /// The deploy ramdisk and its agent (deploy, cleaning).
+    Deploy,
+    /// An installer (the anaconda deploy): its kernel and initrd, and its
+    /// parameters (`inst.ks=`, `inst.stage2=` or `inst.repo=`).
+    Installer {
+        kernel: String,
+        ramdisk: String,
+        params: String,
+    },
+    /// The instance is a ramdisk (the ramdisk deploy): instance_info
+    /// `kernel` and `ramdisk`, with `ramdisk_kernel_arguments`.
+    Ramdisk {
+        kernel: String,
+        ramdisk: String,
+        params: String,
+    },
+    /// The instance is an ISO (the ramdisk deploy's `boot_iso`), booted
+    /// with iPXE's sanboot.
+    Iso { url: String },
+    /// The local disk.
+    Local,
+}
+
+/// Where the anaconda deploy records the installer's boot: `{kernel,
+/// ramdisk, params}` (URLs checked, parameters checked for iPXE).
+pub const INSTALLER_KEY: &str = "anaconda_boot";
+
+fn installer_boot(boot: &Value) -> Result<NetworkBoot, DriverError> {
+    let field = |name: &str| {
+        boot.get(name)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                DriverError::Failed(format!("driver_internal_info {INSTALLER_KEY} lacks {name}"))
+            })
+    };
+    let (kernel, ramdisk, params) = (field("kernel")?, field("ramdisk")?, field("params")?);
+    for url in [&kernel, &ramdisk] {
+        check_url(url).map_err(DriverError::Failed)?;
+    }
+    kernel_params::validate(&params, BootLoader::Ipxe)
+        .map_err(|e| DriverError::Failed(format!("the installer's kernel parameters: {e}")))?;
+    Ok(NetworkBoot::Installer {
+        kernel,
+        ramdisk,
+        params,
+    })
+}
+
+/// The instance of a ramdisk deploy: instance_info `kernel` + `ramdisk`
+/// (http(s) URLs the node fetches itself) with `ramdisk_kernel_arguments`,
+/// or `boot_iso` (iPXE only).
+pub fn instance_ramdisk(node: &Node, loader: Loader) -> Result<NetworkBoot, DriverError> {
+    let text = |key: &str| -> Result<Option<String>, DriverError> {
+        match node.instance_info.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(DriverError::InvalidParameter(format!(
+                "instance_info {key} must be a string, got {other}"
+            ))),
+        }
+    };
+    let url = |key: &str| -> Result<Option<String>, DriverError> {
+        let value = text(key)?;
+        if let Some(url) = &value {
+            check_url(url)
+                .map_err(|e| DriverError::InvalidParameter(format!("instance_info {key}: {e}")))?;
+        }
+        Ok(value)
+    };
+    let params = text("ramdisk_kernel_arguments")?.unwrap_or_default();
+    kernel_params::validate(&params, BootLoader::Ipxe).map_err(|e| {
+        DriverError::InvalidParameter(format!("instance_info ramdisk_kernel_arguments: {e}"))
+    })?;
+    match (url("kernel")?, url("ramdisk")?, url("boot_iso")?) {
+        (Some(kernel), Some(ramdisk), _) => Ok(NetworkBoot::Ramdisk {
+            kernel,
+            ramdisk,
+            params,
+        }),
+        (None, None, Some(iso)) if loader == Loader::Ipxe => Ok(NetworkBoot::Iso { url: iso }),
+        (None, None, Some(_)) => Err(DriverError::InvalidParameter(
+            "instance_info boot_iso: the pxe boot interface cannot boot an ISO; use ipxe or \
+             redfish-virtual-media"
+                .into(),
+        )),
+        (Some(_), None, _) | (None, Some(_), _) => Err(DriverError::InvalidParameter(
+            "the ramdisk deploy needs both instance_info kernel and ramdisk (http(s) URLs)".into(),
+        )),
+        (None, None, None) => Err(DriverError::InvalidParameter(
+            "the ramdisk deploy needs instance_info kernel and ramdisk (http(s) URLs), or \
+             boot_iso"
+                .into(),
+        )),
     }
 }
 
@@ -466,8 +645,15 @@ impl BootInterface for IpxeBoot {
         node: &mut Node,
         context: BootContext<'_>,
     ) -> Result<(), DriverError> {
-        // Local boot: the script of a node without a ramdisk boots its disk.
-        self.clean_up_ramdisk(node, context).await
+        // The script of a node without a ramdisk boots its disk, or the
+        // instance ramdisk of a ramdisk deploy, which keeps booting from
+        // the network.
+        self.clean_up_ramdisk(node, context).await?;
+        let device = match node.deploy_interface.as_deref() {
+            Some("ramdisk") => BootDevice::Pxe,
+            _ => BootDevice::Disk,
+        };
+        context.management.set_boot_device(node, device, true).await
     }
 
     async fn clean_up_instance(

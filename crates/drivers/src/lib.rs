@@ -7,6 +7,7 @@
 //! `<iface>_interface` fields.
 
 pub mod agent_client;
+pub mod anaconda;
 pub mod direct;
 mod error;
 pub mod fake;
@@ -14,6 +15,7 @@ pub mod image_cache;
 mod interfaces;
 pub mod ipmi;
 pub mod ipxe;
+pub mod ramdisk_deploy;
 pub mod redfish;
 pub mod redfish_vmedia;
 mod registry;

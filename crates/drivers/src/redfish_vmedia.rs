@@ -75,7 +75,7 @@ fn new_iso_name() -> String {
 
 /// 32 random bytes, URL-safe base64, as the conductor's lookup makes them
 /// (Ironic's `secrets.token_urlsafe(32)`).
-fn new_agent_token() -> String {
+pub(crate) fn new_agent_token() -> String {
     let bytes: [u8; 32] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

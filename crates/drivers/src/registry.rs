@@ -2,12 +2,14 @@
 //! implementation for one node.
 
 use crate::agent_client::AgentClient;
+use crate::anaconda::{Anaconda, AnacondaDeploy, AnacondaOptions};
 use crate::direct::{DirectDeploy, DirectOptions};
 use crate::fake::{FakeBoot, FakeDeploy, FakeInspect, FakeManagement, FakePower};
 use crate::image_cache::ImageCache;
 use crate::interfaces::*;
 use crate::ipmi::{IpmiManagement, IpmiOptions, IpmiPower, IpmiTool};
 use crate::ipxe::{IpxeBoot, Loader, PxeOptions};
+use crate::ramdisk_deploy::RamdiskDeploy;
 use crate::redfish::{RedfishClient, RedfishManagement, RedfishOptions, RedfishPower};
 use crate::redfish_vmedia::RedfishVirtualMediaBoot;
 use crate::DriverError;
@@ -44,7 +46,10 @@ impl HardwareType {
             ("bios", vec!["no-bios", "fake"]),
             ("boot", vec!["fake", "ipxe", "pxe"]),
             ("console", vec!["no-console", "fake"]),
-            ("deploy", vec!["fake", "direct"]),
+            (
+                "deploy",
+                vec!["fake", "direct", "custom-agent", "ramdisk", "anaconda"],
+            ),
             ("firmware", vec!["no-firmware", "fake"]),
             ("inspect", vec!["fake", "no-inspect"]),
             ("management", vec!["fake"]),
@@ -69,7 +74,10 @@ impl HardwareType {
             ("bios", vec!["no-bios"]),
             ("boot", vec!["ipxe", "pxe", "fake"]),
             ("console", vec!["no-console"]),
-            ("deploy", vec!["direct", "fake"]),
+            (
+                "deploy",
+                vec!["direct", "custom-agent", "ramdisk", "anaconda", "fake"],
+            ),
             ("firmware", vec!["no-firmware"]),
             ("inspect", vec!["no-inspect"]),
             ("management", vec!["ipmitool"]),
@@ -94,7 +102,10 @@ impl HardwareType {
             ("bios", vec!["no-bios"]),
             ("boot", vec!["ipxe", "pxe", "redfish-virtual-media", "fake"]),
             ("console", vec!["no-console"]),
-            ("deploy", vec!["direct", "fake"]),
+            (
+                "deploy",
+                vec!["direct", "custom-agent", "ramdisk", "anaconda", "fake"],
+            ),
             ("firmware", vec!["no-firmware"]),
             ("inspect", vec!["no-inspect"]),
             ("management", vec!["redfish"]),
@@ -216,6 +227,8 @@ pub struct DriverRegistry {
     vmedia: Arc<RedfishVirtualMediaBoot>,
     agent: AgentClient,
     direct: Arc<DirectOptions>,
+    anaconda_options: AnacondaOptions,
+    anaconda: Arc<Anaconda>,
 }
 
 impl DriverRegistry {
@@ -266,6 +279,12 @@ impl DriverRegistry {
             )?),
             vmedia_dir: None,
             agent: AgentClient::default(),
+            anaconda: Arc::new(Anaconda::new(
+                AnacondaOptions::default(),
+                PxeOptions::default(),
+                direct.image_cache.as_ref().map(|c| c.config().clone()),
+            )?),
+            anaconda_options: AnacondaOptions::default(),
             direct: Arc::new(direct),
         })
     }
@@ -318,7 +337,33 @@ impl DriverRegistry {
         self.pxe = Arc::new(IpxeBoot::with_loader(options.clone(), Loader::Pxelinux)?);
         self.ipxe = Arc::new(IpxeBoot::new(options)?);
         self.rebuild_vmedia();
+        self.rebuild_anaconda()
+    }
+
+    /// How the anaconda deploy interface installs nodes (`[conductor.anaconda]`);
+    /// refused when the default template cannot be read or compiled.
+    pub fn with_anaconda_options(
+        mut self,
+        options: AnacondaOptions,
+    ) -> Result<DriverRegistry, DriverError> {
+        self.anaconda_options = options;
+        self.rebuild_anaconda()
+    }
+
+    /// The anaconda deploy shares the `[conductor.pxe]` options and the
+    /// `file://` policy: made again when they change.
+    fn rebuild_anaconda(mut self) -> Result<DriverRegistry, DriverError> {
+        self.anaconda = Arc::new(Anaconda::new(
+            self.anaconda_options.clone(),
+            self.ipxe.options().clone(),
+            self.direct.image_cache.as_ref().map(|c| c.config().clone()),
+        )?);
         Ok(self)
+    }
+
+    /// The anaconda deploy, which renders the kickstarts ferricd serves.
+    pub fn anaconda(&self) -> &Anaconda {
+        &self.anaconda
     }
 
     /// The ipxe boot interface, which also renders the boot scripts
@@ -394,6 +439,18 @@ impl DriverRegistry {
         };
         let deploy: Arc<dyn DeployInterface> = match implementations["deploy"].as_str() {
             "direct" => Arc::new(DirectDeploy::new(self.agent.clone(), self.direct.clone())),
+            "custom-agent" => Arc::new(DirectDeploy::custom_agent(
+                self.agent.clone(),
+                self.direct.clone(),
+            )),
+            "ramdisk" => Arc::new(RamdiskDeploy::new(DirectDeploy::new(
+                self.agent.clone(),
+                self.direct.clone(),
+            ))),
+            "anaconda" => Arc::new(AnacondaDeploy::new(
+                self.anaconda.clone(),
+                DirectDeploy::new(self.agent.clone(), self.direct.clone()),
+            )),
             _ => Arc::new(FakeDeploy),
         };
         let power: Arc<dyn PowerInterface> = match implementations["power"].as_str() {
