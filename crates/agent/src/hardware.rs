@@ -6,9 +6,11 @@
 //! or the operator's step definitions) overrides a generic step by name.
 //!
 //! The [`GenericHardwareManager`] is the agent's own: inventory, root
-//! device selection, `write_image`, and the disk-erasing clean steps.
+//! device selection, `write_image`, `install_coreos`, and the
+//! disk-erasing clean steps.
 
 use crate::commands::CommandError;
+use crate::coreos::{self, CoreosOptions};
 use crate::deploy::{self, DeployOptions, DeployProgress};
 use crate::download::chain;
 use crate::hints::BlockDevice;
@@ -353,8 +355,11 @@ pub struct GenericHardwareManager {
     disks: Disks,
     deploy: DeployOptions,
     running: RunningResult,
-    /// The disk `write_image` last wrote, for `get_partition_uuids`.
+    /// The disk `write_image` or `install_coreos` last wrote, for
+    /// `get_partition_uuids`.
     written: Arc<Mutex<Option<String>>>,
+    /// Where `install_coreos` finds coreos-installer.
+    coreos: CoreosOptions,
 }
 
 impl GenericHardwareManager {
@@ -374,7 +379,15 @@ impl GenericHardwareManager {
             deploy,
             running,
             written,
+            coreos: CoreosOptions::from_env(),
         }
+    }
+
+    /// Where `install_coreos` finds coreos-installer (by default:
+    /// `FERRIC_COREOS_INSTALLER`, the host root, `PATH`).
+    pub fn with_coreos_options(mut self, options: CoreosOptions) -> Self {
+        self.coreos = options;
+        self
     }
 
     fn erase(
@@ -406,6 +419,13 @@ impl GenericHardwareManager {
         let running = self.running.clone();
         let report = move |progress: DeployProgress| running.set(progress.to_json());
         let outcome = deploy::write_image(call.args, call.node, &disks, &self.deploy, &report)
+            .map_err(|error| CommandError::execution(chain(&error)))?;
+        *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome.device.clone());
+        Ok(outcome.to_deploy_result())
+    }
+
+    fn install_coreos(&self, call: &StepCall<'_>) -> Result<Value, CommandError> {
+        let outcome = coreos::install_coreos(call.node, &self.disks.list(), &self.coreos)
             .map_err(|error| CommandError::execution(chain(&error)))?;
         *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome.device.clone());
         Ok(outcome.to_deploy_result())
@@ -447,14 +467,29 @@ impl HardwareManager for GenericHardwareManager {
                             os_hash_algo and os_hash_value, disk_format, proxies", "required": true},
             "configdrive": {"description": "The config drive, gzip+base64 or its URL", "required": false},
         });
-        vec![Step {
-            step: "write_image".to_owned(),
-            priority: 80,
-            interface: "deploy".to_owned(),
-            reboot_requested: false,
-            abortable: None,
-            argsinfo: Some(argsinfo),
-        }]
+        // Both only when requested, as IPA lists write_image: the `direct`
+        // deploy interface runs its own write_image (priority 80) that
+        // drives the agent's, and a `custom-agent` deploy must not write an
+        // image unless asked. Metal3 requests install_coreos by name.
+        vec![
+            Step {
+                step: "write_image".to_owned(),
+                priority: 0,
+                interface: "deploy".to_owned(),
+                reboot_requested: false,
+                abortable: None,
+                argsinfo: Some(argsinfo),
+            },
+            Step {
+                step: "install_coreos".to_owned(),
+                priority: 0,
+                interface: "deploy".to_owned(),
+                reboot_requested: false,
+                abortable: None,
+                // Everything comes from the node's instance_info.
+                argsinfo: None,
+            },
+        ]
     }
 
     fn execute_step(&self, call: &StepCall<'_>) -> Option<Result<Value, CommandError>> {
@@ -464,6 +499,7 @@ impl HardwareManager for GenericHardwareManager {
             }
             (StepKind::Clean, "erase_devices") => Some(self.erase(call.name, erase_all)),
             (StepKind::Deploy, "write_image") => Some(self.write_image(call)),
+            (StepKind::Deploy, "install_coreos") => Some(self.install_coreos(call)),
             _ => None,
         }
     }

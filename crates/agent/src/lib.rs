@@ -7,6 +7,7 @@ pub mod bootloader;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod coreos;
 pub mod deploy;
 pub mod download;
 pub mod hardware;
