@@ -109,3 +109,62 @@ def deploy_timings(bed: Testbed, recorder, started: float, active: float, marker
     if len(power_ons) > 1:
         timings["reboot_to_instance_marker_s"] = round(marker - power_ons[-1], 1)
     return timings
+
+
+def test_a_ramdisk_deploy_boots_the_vm_into_its_ramdisk_with_no_disk_written(tmp_path: Path) -> None:
+    """The ramdisk deploy interface: the instance is a kernel and an
+    initramfs the VM fetches over HTTP through iPXE; nothing is written to
+    its disk, and it keeps booting them from the network."""
+    import http.server
+    import threading
+
+    from testbed import HOST_IP, RAMDISK_MARKER, build_test_ramdisk, kernel
+
+    with Testbed(tmp_path / "bed") as bed:
+        # The instance's files on a web server of their own, in the
+        # namespace (this thread is in it, so the server's is too).
+        files = tmp_path / "www"
+        files.mkdir()
+        vmlinuz, _ = kernel()
+        (files / "vmlinuz").write_bytes(vmlinuz.read_bytes())
+        (files / "initrd.gz").write_bytes(build_test_ramdisk(tmp_path).read_bytes())
+        handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(files), **kw)  # noqa: E731
+        httpd = http.server.ThreadingHTTPServer((HOST_IP, 0), handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        www = f"http://{HOST_IP}:{httpd.server_address[1]}"
+        try:
+            uuid = bed.enroll(deploy_interface="ramdisk")
+            bed.baremetal("node", "manage", "vm-1", "--wait", "120")
+            bed.baremetal("node", "provide", "vm-1", "--wait", "400")
+            bed.baremetal(
+                "node", "set", "vm-1",
+                "--instance-info", f"kernel={www}/vmlinuz",
+                "--instance-info", f"ramdisk={www}/initrd.gz",
+                "--instance-info", "ramdisk_kernel_arguments=ferric.test=ramdisk-deploy-42",
+            )
+            console_from = len(bed.vm.console_text())
+            started = time.time()
+            bed.baremetal("node", "deploy", "vm-1", "--wait", "300")
+            active = time.time()
+            marker = bed.wait_console(RAMDISK_MARKER, timeout=120, after=console_from)
+            console = bed.vm.console_text()[console_from:]
+            line = next(l for l in console.splitlines() if RAMDISK_MARKER in l)
+            assert "ferric.test=ramdisk-deploy-42" in line and "console=ttyS0" in line, line
+            node = bed.server.node(uuid)
+            assert node["provision_state"] == "active" and node["power_state"] == "power on", node
+            # Nothing was written: cleaning left no partition table, and the
+            # ramdisk deploy wrote none.
+            assert not bed.vm.has_partition_table()
+            # It keeps network-booting its ramdisk.
+            assert (bed.vm.dir / "bootdev").read_text().strip() == "pxe"
+            script = requests.get(f"{bed.server.url}/boot/ipxe/{MAC}", timeout=10).text
+            assert f"kernel {www}/vmlinuz" in script and f"initrd --name ramdisk {www}/initrd.gz" in script, script
+            log("ramdisk deploy timings: " + json.dumps(
+                {"deploy_to_active_s": round(active - started, 1), "deploy_to_marker_s": round(marker - started, 1)}))
+
+            bed.baremetal("node", "undeploy", "vm-1", "--wait", "400")
+            assert bed.server.node(uuid)["provision_state"] == "available"
+            script = requests.get(f"{bed.server.url}/boot/ipxe/{MAC}", timeout=10).text
+            assert f"{www}/vmlinuz" not in script, script
+        finally:
+            httpd.shutdown()

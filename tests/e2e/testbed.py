@@ -190,6 +190,35 @@ def build_instance_image(workdir: Path, vmlinuz: Path, modules_dir: Path) -> tup
     return image, digest
 
 
+RAMDISK_MARKER = "FERRIC-RAMDISK-INSTANCE"
+
+RAMDISK_INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev
+mount -t proc proc /proc
+mount -t devtmpfs dev /dev
+echo "%(marker)s cmdline: $(cat /proc/cmdline)" > /dev/console
+while true; do sleep 3600; done
+""" % {"marker": RAMDISK_MARKER}
+
+
+def build_test_ramdisk(workdir: Path) -> Path:
+    """An initramfs whose init prints RAMDISK_MARKER and its kernel command
+    line: the instance of a ramdisk deploy."""
+    tree = workdir / "test-ramdisk"
+    (tree / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy(shutil.which("busybox") or "/bin/busybox", tree / "bin" / "busybox")
+    (tree / "init").write_text(RAMDISK_INIT)
+    (tree / "init").chmod(0o755)
+    files = run(["find", ".", "-mindepth", "1"], cwd=tree).stdout
+    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=files.encode(),
+                          capture_output=True, check=True).stdout
+    import gzip
+    out = workdir / "test-ramdisk.gz"
+    out.write_bytes(gzip.compress(cpio, 6))
+    return out
+
+
 def build_deploy_ramdisk(workdir: Path, ferric: Path, vmlinuz: Path, modules_dir: Path) -> Path:
     out = workdir / "deploy.initramfs"
     run([str(ferric), "ramdisk", "build", "--kernel", str(vmlinuz), "--modules", str(modules_dir),
@@ -556,10 +585,10 @@ class Testbed:
     def baremetal_json(self, *args: str) -> Any:
         return json.loads(self.baremetal(*args, "-f", "json").stdout)
 
-    def enroll(self, name: str = "vm-1", boot_interface: str = "ipxe") -> str:
+    def enroll(self, name: str = "vm-1", boot_interface: str = "ipxe", deploy_interface: str = "direct") -> str:
         node = self.baremetal_json(
             "node", "create", "--driver", "ipmi", "--name", name,
-            "--boot-interface", boot_interface, "--deploy-interface", "direct",
+            "--boot-interface", boot_interface, "--deploy-interface", deploy_interface,
             "--driver-info", "ipmi_address=127.0.0.1",
             "--driver-info", f"ipmi_port={self.bmc.port}",
             "--driver-info", f"ipmi_username={IPMI_USER}",
