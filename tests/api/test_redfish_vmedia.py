@@ -277,3 +277,52 @@ def test_a_missing_deploy_kernel_fails_validation_with_the_reason(
     assert "deploy_" in proc.stderr, proc.stderr
     assert bm.json("node", "show", "vmedia-2")["provision_state"] == "available"
     assert sushy.cd()["Inserted"] is False
+
+
+def test_a_ramdisk_deploy_boots_its_boot_iso_from_virtual_media(
+    ferricd_factory: Callable[..., Ferricd], tmp_path: Path, sushy: Sushy, deploy_kernel: Path
+) -> None:
+    """The ramdisk deploy over virtual media: no deploy ramdisk, the BMC
+    inserts the instance's own ISO (instance_info boot_iso) and boots it
+    for as long as the node is deployed."""
+    import http.server
+    import threading
+
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "live.iso").write_bytes(b"an ISO the emulator only downloads" * 100)
+    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(www), **kw)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    iso = f"http://127.0.0.1:{httpd.server_address[1]}/live.iso"
+    try:
+        server = vmedia_server(ferricd_factory, tmp_path, deploy_kernel)
+        bm = Baremetal(server.url, tmp_path / "home")
+        node = bm.json(
+            "node", "create", "--driver", "redfish", "--name", "vmedia-rd",
+            "--boot-interface", "redfish-virtual-media", "--deploy-interface", "ramdisk",
+            "--driver-info", f"redfish_address={sushy.url}",
+            "--driver-info", f"redfish_system_id={sushy.system_path}",
+        )
+        uuid = node["uuid"]
+        bm.run("port", "create", MAC, "--node", uuid)
+        bm.run("node", "manage", "vmedia-rd", "--wait", "60")
+        bm.run("node", "provide", "vmedia-rd", "--wait", "60")
+        rows = {r["interface"]: r for r in bm.rows("node", "validate", "vmedia-rd")}
+        assert rows["deploy"]["result"] is False and "boot_iso" in rows["deploy"]["reason"], rows
+        bm.run("node", "set", "vmedia-rd", "--instance-info", f"boot_iso={iso}")
+        bm.run("node", "deploy", "vmedia-rd", "--wait", "120")
+        shown = bm.json("node", "show", "vmedia-rd")
+        assert shown["provision_state"] == "active" and shown["power_state"] == "power on", shown
+        cd = sushy.cd()
+        assert cd["Inserted"] is True and cd["Image"] == iso, cd
+        boot = sushy.get(sushy.system_path)["Boot"]
+        assert boot["BootSourceOverrideTarget"] == "Cd", boot
+        assert boot["BootSourceOverrideEnabled"] == "Continuous", boot
+        # No deploy ISO was built.
+        assert not list((tmp_path / "image-cache" / "vmedia").glob("*.iso"))
+
+        bm.run("node", "undeploy", "vmedia-rd", "--wait", "120")
+        assert sushy.cd()["Inserted"] is False
+    finally:
+        httpd.shutdown()

@@ -333,3 +333,49 @@ where
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn waiting(boot: &str) -> Node {
+        let mut node = Node::new(Uuid::new_v4(), "ipmi", ProvisionState::WaitCallBack);
+        node.boot_interface = Some(boot.into());
+        node.provision_updated_at = Some(ferric_types::Timestamp::from_unix_micros(
+            ferric_types::Timestamp::now().unix_micros() - 120_000_000,
+        ));
+        node
+    }
+
+    #[test]
+    fn only_network_boots_never_heard_from_are_retried() {
+        let node = waiting("ipxe");
+        assert!(boot_is_silent(&node, 60.0));
+        assert!(!boot_is_silent(&node, 300.0));
+        assert!(!boot_is_silent(&waiting("redfish-virtual-media"), 60.0));
+        // An agent heartbeat or an installer callback: it booted.
+        for key in ["agent_last_heartbeat", "agent_status"] {
+            let mut heard = waiting("pxe");
+            heard.driver_internal_info.insert(key.into(), json!("x"));
+            assert!(!boot_is_silent(&heard, 60.0), "{key}");
+        }
+        // A retry restarts the clock; one of an earlier operation does not.
+        let mut retried = waiting("ipxe");
+        retried.driver_internal_info.insert(
+            BOOT_RETRY_KEY.into(),
+            json!(ferric_types::Timestamp::now().to_string()),
+        );
+        assert!(!boot_is_silent(&retried, 60.0));
+        let old = ferric_types::Timestamp::from_unix_micros(
+            ferric_types::Timestamp::now().unix_micros() - 3_600_000_000,
+        );
+        retried
+            .driver_internal_info
+            .insert(BOOT_RETRY_KEY.into(), json!(old.to_string()));
+        assert!(boot_is_silent(&retried, 60.0));
+        let mut active = waiting("ipxe");
+        active.provision_state = ProvisionState::Active;
+        assert!(!boot_is_silent(&active, 60.0));
+    }
+}

@@ -450,10 +450,12 @@ impl Conductor {
                     Ok(Outcome::Done)
                 }
                 Action::Deploy => {
-                    driver
-                        .boot
-                        .prepare_ramdisk(node, driver.boot_context())
-                        .await?;
+                    if driver.deploy.needs_deploy_ramdisk() {
+                        driver
+                            .boot
+                            .prepare_ramdisk(node, driver.boot_context())
+                            .await?;
+                    }
                     Ok(self.steps_phase(node, driver, StepKind::Deploy).await)
                 }
                 Action::TearDown => {

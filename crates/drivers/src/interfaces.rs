@@ -231,6 +231,12 @@ pub trait DeployInterface: Send + Sync {
     fn uses_agent(&self) -> bool {
         false
     }
+    /// Whether a deployment boots the deploy ramdisk (the conductor
+    /// prepares it before the deploy steps); the ramdisk deploy boots its
+    /// instance straight away.
+    fn needs_deploy_ramdisk(&self) -> bool {
+        true
+    }
     /// Whether the agent may offer deploy steps of its own (requested
     /// steps this interface does not know are then checked once it is up).
     fn agent_deploy_steps(&self) -> bool {

@@ -362,7 +362,9 @@ impl IpxeBoot {
         if ramdisk {
             return Ok(NetworkBoot::Deploy);
         }
-        if deploy_interface == "ramdisk" {
+        // A ramdisk instance boots from the network while it is deployed.
+        let deployed = installing || node.provision_state == ProvisionState::Active;
+        if deploy_interface == "ramdisk" && deployed {
             return instance_ramdisk(node, self.loader);
         }
         Ok(NetworkBoot::Local)
@@ -650,7 +652,19 @@ impl BootInterface for IpxeBoot {
         // the network.
         self.clean_up_ramdisk(node, context).await?;
         let device = match node.deploy_interface.as_deref() {
-            Some("ramdisk") => BootDevice::Pxe,
+            Some("ramdisk") => {
+                // The instance boots from the network: DHCP must know it.
+                self.validate(node)?;
+                instance_ramdisk(node, self.loader)?;
+                if !context.ports.iter().any(|p| p.pxe_enabled) {
+                    return Err(DriverError::InvalidParameter(
+                        "the node has no PXE-enabled port: it cannot network-boot its ramdisk"
+                            .into(),
+                    ));
+                }
+                self.add_host_entries(context.ports)?;
+                BootDevice::Pxe
+            }
             _ => BootDevice::Disk,
         };
         context.management.set_boot_device(node, device, true).await
@@ -748,6 +762,75 @@ mod tests {
             script.contains("sanboot --no-describe --drive 0x80"),
             "{script}"
         );
+    }
+
+    #[test]
+    fn installers_and_instance_ramdisks_boot_only_while_they_should() {
+        let boot = IpxeBoot::new(options()).unwrap();
+        let pxelinux = IpxeBoot::with_loader(options(), Loader::Pxelinux).unwrap();
+        let mut node = node();
+        node.deploy_interface = Some("anaconda".into());
+        node.driver_internal_info
+            .insert(RAMDISK_KEY.into(), json!(true));
+        // Cleaning an anaconda node boots the deploy ramdisk.
+        assert_eq!(boot.network_boot(&node).unwrap(), NetworkBoot::Deploy);
+        node.driver_internal_info.insert(
+            INSTALLER_KEY.into(),
+            json!({"kernel": "http://m/vmlinuz", "ramdisk": "http://m/initrd.img",
+                   "params": "inst.ks=http://10.0.0.1:6385/boot/kickstart/x inst.stage2=http://m/s"}),
+        );
+        let script = boot.script(&node, "52:54:00:00:00:01").unwrap();
+        assert!(
+            script.contains(
+                "kernel http://m/vmlinuz console=ttyS0 inst.ks=http://10.0.0.1:6385/boot/kickstart/x \
+                 inst.stage2=http://m/s BOOTIF=01-52-54-00-00-00-01 initrd=ramdisk"
+            ),
+            "{script}"
+        );
+        // Parameters that were tampered with in the store are not served.
+        node.driver_internal_info.insert(
+            INSTALLER_KEY.into(),
+            json!({"kernel": "http://m/k", "ramdisk": "http://m/r", "params": "a\n#!ipxe shell"}),
+        );
+        assert!(boot.script(&node, "52:54:00:00:00:01").is_err());
+        // Active: the disk.
+        node.provision_state = ProvisionState::Active;
+        node.driver_internal_info.remove(RAMDISK_KEY);
+        assert_eq!(boot.network_boot(&node).unwrap(), NetworkBoot::Local);
+
+        let mut node = self::node();
+        node.deploy_interface = Some("ramdisk".into());
+        node.instance_info = json!({"kernel": "http://m/k", "ramdisk": "http://m/r",
+                                    "ramdisk_kernel_arguments": "rd.x=1"})
+        .as_object()
+        .unwrap()
+        .clone();
+        let expect = NetworkBoot::Ramdisk {
+            kernel: "http://m/k".into(),
+            ramdisk: "http://m/r".into(),
+            params: "rd.x=1".into(),
+        };
+        assert_eq!(boot.network_boot(&node).unwrap(), expect);
+        node.provision_state = ProvisionState::Active;
+        assert_eq!(boot.network_boot(&node).unwrap(), expect);
+        let config = pxelinux.script(&node, "52:54:00:00:00:01").unwrap();
+        assert!(
+            config.contains("KERNEL http://m/k") && config.contains("APPEND console=ttyS0 rd.x=1"),
+            "{config}"
+        );
+        // Not deployed: the disk, whatever instance_info says.
+        node.provision_state = ProvisionState::Available;
+        assert_eq!(boot.network_boot(&node).unwrap(), NetworkBoot::Local);
+        node.provision_state = ProvisionState::Active;
+        node.instance_info = json!({"boot_iso": "http://m/live.iso"})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert!(boot
+            .script(&node, "52:54:00:00:00:01")
+            .unwrap()
+            .contains("sanboot --no-describe http://m/live.iso"));
+        assert!(pxelinux.script(&node, "52:54:00:00:00:01").is_err());
     }
 
     #[test]

@@ -95,6 +95,10 @@ impl DeployInterface for RamdiskDeploy {
         false
     }
 
+    fn needs_deploy_ramdisk(&self) -> bool {
+        false
+    }
+
     async fn check_agent_step(
         &self,
         node: &mut Node,

@@ -367,10 +367,37 @@ impl BootInterface for RedfishVirtualMediaBoot {
     async fn prepare_instance(
         &self,
         node: &mut Node,
-        _context: BootContext<'_>,
+        context: BootContext<'_>,
     ) -> Result<(), DriverError> {
         // Local boot: the deploy interface sets the disk as boot device.
-        self.eject_and_remove(node).await
+        self.eject_and_remove(node).await?;
+        if node.deploy_interface.as_deref() != Some("ramdisk") {
+            return Ok(());
+        }
+        // The ramdisk deploy's instance is an ISO the BMC boots, for as
+        // long as the node is deployed.
+        let iso = node
+            .instance_info
+            .get("boot_iso")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    "the ramdisk deploy over virtual media needs instance_info boot_iso (an \
+                     http(s) URL of an ISO)"
+                        .to_string(),
+                )
+            })?
+            .to_string();
+        crate::ipxe::check_url(&iso)
+            .map_err(|e| invalid(format!("instance_info boot_iso: {e}")))?;
+        self.client
+            .insert_virtual_media(node, &iso, VirtualMediaDevice::Cd)
+            .await?;
+        context
+            .management
+            .set_boot_device(node, BootDevice::Cdrom, true)
+            .await
     }
 
     async fn clean_up_instance(

@@ -266,6 +266,7 @@ mod tests {
         assert_eq!(config.conductor.ipmi, defaults.conductor.ipmi);
         assert_eq!(config.conductor.pxe, defaults.conductor.pxe);
         assert_eq!(config.conductor.redfish, defaults.conductor.redfish);
+        assert_eq!(config.conductor.anaconda, defaults.conductor.anaconda);
         assert_eq!(config.dnsmasq, defaults.dnsmasq);
     }
 
