@@ -211,6 +211,10 @@ def test_the_installer_boots_fetches_its_kickstart_and_calls_back_to_active(
     header, end = posts[-1]
     assert "--nochroot" in header and '"agent_status": "end"' in end
     run_section(end)
+    # From the "end" on, even before the conductor has taken it in, a
+    # reboot the installer makes itself does not start it again.
+    assert "vmlinuz" not in boot_script(server, mac)
+    assert requests.get(f"{server.url}/boot/kickstart/{uuid}", timeout=10).status_code == 404
     node = server.wait_state(uuid, "active", timeout=20)
     assert node["last_error"] is None
     assert "kernel " not in boot_script(server, mac)
@@ -265,7 +269,8 @@ def test_repository_mode_reads_the_treeinfo_and_installs_from_the_tree(
     bm = Baremetal(server.url, tmp_path / "home")
     mac = "52:54:00:ac:00:03"
     uuid = enroll(bm, "ks-3", mac, image_source=f"{mirror}/repo/")
-    bm.run("node", "deploy", "ks-3")
+    configdrive = {"meta_data": {"hostname": "repo-host"}, "user_data": "#cloud-config\n"}
+    bm.run("node", "deploy", "ks-3", "--config-drive", json.dumps(configdrive))
     server.wait_state(uuid, "wait call-back", timeout=20)
     script = boot_script(server, mac)
     assert f"kernel {mirror}/repo/images/pxeboot/vmlinuz " in script, script
@@ -274,6 +279,7 @@ def test_repository_mode_reads_the_treeinfo_and_installs_from_the_tree(
     assert params["inst.repo"] == f"{mirror}/repo/" and "inst.stage2" not in params
     kickstart, _ = fetch_kickstart(server, mac, tmp_path)
     assert f"url --url={mirror}/repo/" in kickstart and "liveimg" not in kickstart
+    assert "seed=/var/lib/cloud/seed/config_drive" in kickstart
     [(_, pre)] = sections(kickstart, "pre")
     run_section(pre)
     run_section(sections(kickstart, "post")[-1][1])
@@ -292,7 +298,8 @@ def test_templates_come_from_the_node_and_cannot_escape_their_sandbox(
         bm.run("node", "deploy", name)
         node = server.wait_state(uuid, "deploy failed", timeout=20)
         assert "kickstart template" in node["last_error"], node["last_error"]
-        assert "root:" not in node["last_error"]
+        assert "root:" not in node["last_error"] and "__class__" not in node["last_error"]
+        assert "ks_options" not in node["last_error"]
         assert requests.get(f"{server.url}/boot/kickstart/{uuid}", timeout=10).status_code == 404
 
     # An image property names the template; instance_info's wins over it.

@@ -464,8 +464,10 @@ fn log_lines(output: impl Read, attempt: u32, stream: &'static str, tail: &mut T
             if line.is_empty() {
                 continue;
             }
+            // The installer prints the image URL: never its credentials.
+            let line = ferric_types::url::mask_credentials(line);
             tracing::info!(attempt, stream, "coreos-installer: {line}");
-            tail.push(line);
+            tail.push(&line);
         }
     }
 }

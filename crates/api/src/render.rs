@@ -15,15 +15,10 @@ pub fn links(base: &str, resource: &str, id: &str) -> Value {
     ])
 }
 
-/// Hides the credentials of a URL (`http://user:pass@host` -> `http://***@host`).
 fn mask_url_credentials(value: &mut Value) {
     if let Value::String(s) = value {
-        if let Some((scheme, rest)) = s.split_once("://") {
-            if let Some((userinfo, host)) = rest.split_once('@') {
-                if !userinfo.contains('/') {
-                    *s = format!("{scheme}://***@{host}");
-                }
-            }
+        if let std::borrow::Cow::Owned(masked) = ferric_types::url::mask_credentials(s) {
+            *s = masked;
         }
     }
 }
@@ -83,6 +78,9 @@ impl Serialize for MaskedValue<'_> {
         match self.0 {
             Value::Object(map) => Masked { map, urls: false }.serialize(s),
             Value::Array(items) => s.collect_seq(items.iter().map(MaskedValue)),
+            // Credentials in URLs anywhere: image properties, stage 2 and
+            // ISO URLs, the installer's kernel command line.
+            Value::String(text) => ferric_types::url::mask_credentials(text).serialize(s),
             other => other.serialize(s),
         }
     }
@@ -297,6 +295,40 @@ pub fn port(port: &Port, view: PortView<'_>) -> Value {
 mod tests {
     use super::*;
     use ferric_types::{ApiVersion, ProvisionState};
+
+    #[test]
+    fn credentials_are_masked_in_every_url_of_a_text() {
+        for (text, masked) in [
+            ("http://u:p@h/x", "http://***@h/x"),
+            (
+                "inst.ks=http://h/k inst.repo=https://me:s3cr3t@mirror/os/ BOOTIF=1",
+                "inst.ks=http://h/k inst.repo=https://***@mirror/os/ BOOTIF=1",
+            ),
+            ("http://h/a@b", "http://h/a@b"),
+            ("no url here", "no url here"),
+            ("a@b://c", "a@b://c"),
+        ] {
+            assert_eq!(ferric_types::url::mask_credentials(text), masked, "{text}");
+        }
+        let mut n = Node::new(
+            uuid::Uuid::new_v4(),
+            "fake-hardware",
+            ProvisionState::Active,
+        );
+        n.instance_info.insert(
+            "image_properties".into(),
+            serde_json::json!({"stage2_id": "http://u:p@m/install.img"}),
+        );
+        n.instance_info
+            .insert("boot_iso".into(), serde_json::json!("https://u:p@m/x.iso"));
+        n.driver_internal_info.insert(
+            "anaconda_boot".into(),
+            serde_json::json!({"params": "inst.repo=http://u:p@m/os/"}),
+        );
+        let shown = serde_json::to_string(&node(&n, view(90))).unwrap();
+        assert!(!shown.contains("u:p"), "{shown}");
+        assert_eq!(shown.matches("***@m").count(), 3, "{shown}");
+    }
 
     fn view(minor: u32) -> NodeView<'static> {
         NodeView {

@@ -149,6 +149,18 @@ impl Conductor {
         };
         let timeout = self.config().deploy_callback_timeout.as_secs_f64();
         for node in self.store().list_nodes(&query).await? {
+            // An installer's last callback ("end" or "error") comes once: if
+            // the node was busy when it came, it is taken in now.
+            let last_word = matches!(
+                node.driver_internal_info
+                    .get("agent_status")
+                    .and_then(serde_json::Value::as_str),
+                Some("end" | "error")
+            );
+            if last_word && node.reservation.is_none() && self.owns(&node) {
+                self.continue_after_heartbeat(node.uuid).await;
+                continue;
+            }
             let waited = node
                 .provision_updated_at
                 .map(|t| t.age_seconds())
@@ -187,33 +199,8 @@ impl Conductor {
             {
                 continue;
             }
-            let uuid = node.uuid;
-            let result = self
-                .with_lock(&NodeIdent::Uuid(uuid), |n| {
-                    let silent = boot_is_silent(n, retry_after);
-                    if silent {
-                        n.driver_internal_info.insert(
-                            BOOT_RETRY_KEY.into(),
-                            serde_json::Value::String(ferric_types::Timestamp::now().to_string()),
-                        );
-                    }
-                    Ok(silent)
-                })
-                .await;
-            let node = match result {
-                Ok((node, true)) => node,
-                Ok((_, false)) => continue,
-                Err(e) => {
-                    tracing::warn!(node = %uuid, error = %e, "could not record a boot retry");
-                    continue;
-                }
-            };
-            let Ok(driver) = self.registry().node_driver(&node) else {
-                continue;
-            };
-            tracing::warn!(node = %uuid, after = retry_after, "no callback since the node booted: rebooting it");
-            if let Err(e) = driver.power.reboot(&node, false, None).await {
-                tracing::warn!(node = %uuid, error = %e, "boot retry: could not reboot");
+            if let Err(e) = self.retry_boot(node.uuid, retry_after).await {
+                tracing::warn!(node = %node.uuid, error = %e, "boot retry failed");
             }
         }
         Ok(())
@@ -248,6 +235,11 @@ impl Conductor {
                 tracing::warn!(node = %node.uuid, "{message}");
                 if let Ok(driver) = self.registry().node_driver(&node) {
                     self.power_off_quietly(&mut node, &driver).await;
+                    // What the operation left (an installer's boot and
+                    // kickstart, a cached image's lease) goes with it.
+                    if let Err(e) = driver.deploy.tear_down(&mut node).await {
+                        tracing::warn!(node = %node.uuid, error = %e, "could not tear down after the timeout");
+                    }
                 }
                 if matches!(node.provision_state, ProvisionState::CleanWait) {
                     node.maintenance = true;
@@ -255,9 +247,7 @@ impl Conductor {
                     node.maintenance_reason = Some(message.clone());
                 }
                 node.last_error = Some(message);
-                node.deploy_step.clear();
-                node.clean_step.clear();
-                node.service_step.clear();
+                crate::provision::clear_step_state(&mut node);
                 node.set_provision_state(t.state, t.target);
             }
         }
@@ -281,6 +271,48 @@ impl Conductor {
             Ok(_) | Err(ConductorError::Store(StoreError::NodeLocked { .. })) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Conductor {
+    /// Under the node's lock: network boot once more, and reboot.
+    async fn retry_boot(&self, uuid: Uuid, retry_after: f64) -> Result<(), ConductorError> {
+        let mut node = match self
+            .store()
+            .reserve_node(&NodeIdent::Uuid(uuid), self.hostname())
+            .await
+        {
+            Ok(node) => node,
+            Err(StoreError::NodeLocked { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if boot_is_silent(&node, retry_after) {
+            node.driver_internal_info.insert(
+                BOOT_RETRY_KEY.into(),
+                serde_json::Value::String(ferric_types::Timestamp::now().to_string()),
+            );
+            tracing::warn!(node = %uuid, after = retry_after, "no callback since the node booted: booting it again");
+            match self.registry().node_driver(&node) {
+                Ok(driver) => {
+                    // The one-time network boot was used by the boot that
+                    // went silent: ask for it again.
+                    let result = async {
+                        driver
+                            .management
+                            .set_boot_device(&node, ferric_drivers::BootDevice::Pxe, false)
+                            .await?;
+                        driver.power.reboot(&node, false, None).await
+                    }
+                    .await;
+                    if let Err(e) = result {
+                        tracing::warn!(node = %uuid, error = %e, "boot retry: could not reboot");
+                    }
+                }
+                Err(e) => tracing::warn!(node = %uuid, error = %e, "boot retry: no driver"),
+            }
+        }
+        self.save_and_release(&node).await?;
+        Ok(())
     }
 }
 

@@ -117,7 +117,7 @@ fn step_field(node: &mut Node, kind: StepKind) -> &mut Map<String, Value> {
     }
 }
 
-fn clear_step_state(node: &mut Node) {
+pub(crate) fn clear_step_state(node: &mut Node) {
     // An operation's agent token and callback are good for that operation only.
     crate::agent::forget_agent(node);
     for kind in [StepKind::Deploy, StepKind::Clean, StepKind::Service] {
@@ -816,7 +816,7 @@ impl Conductor {
         {
             return Ok(());
         }
-        let agent = match driver.deploy.agent_steps(node, kind).await {
+        let mut agent = match driver.deploy.agent_steps(node, kind).await {
             Ok(Some(steps)) => steps,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -826,12 +826,26 @@ impl Conductor {
                 ))
             }
         };
+        let stored = stored_steps(node, kind, STEP_LIST_KEY)?;
+        let requested = stored_steps(node, kind, STEP_REQUESTED_KEY)?;
+        if let (StepKind::Deploy, Some(window)) = (kind, driver.deploy.in_band_priorities()) {
+            // A step the agent offers at a priority the interface leaves it
+            // no room for (custom-agent: outside 61-99) is not run unless
+            // the operator asks for it (at a priority that fits).
+            for step in agent.iter_mut() {
+                let asked = requested.iter().any(|r| r.step == step.step);
+                if step.priority > 0 && !window.contains(&step.priority) && !asked {
+                    tracing::warn!(node = %node.uuid, step = %step.step, priority = step.priority,
+                        "the agent offers a deploy step outside the priorities {}-{}: not run",
+                        window.start(), window.end());
+                    step.priority = 0;
+                }
+            }
+        }
         node.driver_internal_info.insert(
             agent_steps_key(kind),
             serde_json::to_value(&agent).unwrap_or(Value::Null),
         );
-        let stored = stored_steps(node, kind, STEP_LIST_KEY)?;
-        let requested = stored_steps(node, kind, STEP_REQUESTED_KEY)?;
         let done = stored_index(node, kind);
         let manual = match kind {
             StepKind::Deploy => false,

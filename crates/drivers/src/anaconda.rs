@@ -334,12 +334,20 @@ pub fn render_template(source: &str, context: &Value) -> Result<String, String> 
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.set_fuel(Some(FUEL));
     env.set_recursion_limit(64);
-    let template = env
-        .template_from_str(source)
-        .map_err(|e| format!("{e:#}"))?;
+    // Errors name the kind and the line, never the template's text or the
+    // values (`{e:#}` would show both, the token and config drive among them).
+    let template = env.template_from_str(source).map_err(|e| describe(&e))?;
     template
         .render(minijinja::Value::from(minijinja::value::Serde(context)))
-        .map_err(|e| format!("{e:#}"))
+        .map_err(|e| describe(&e))
+}
+
+/// A template error without the template's text or values.
+fn describe(error: &minijinja::Error) -> String {
+    match error.line() {
+        Some(line) => format!("{} (line {line})", error.kind()),
+        None => error.kind().to_string(),
+    }
 }
 
 impl Anaconda {
@@ -609,6 +617,9 @@ impl Anaconda {
     /// The node's kickstart, as the installer fetches it: only while it
     /// deploys with anaconda and has its token.
     pub fn kickstart(&self, node: &Node) -> Result<String, DriverError> {
+        if installer_finished(node) {
+            return Err(invalid("the node's installer has finished"));
+        }
         let source = node
             .driver_internal_info
             .get(TEMPLATE_KEY)
@@ -627,6 +638,9 @@ impl Anaconda {
 
     /// Where the installer gets the OS image from (`liveimg`).
     pub fn liveimg(&self, node: &Node) -> Result<LiveImage, DriverError> {
+        if installer_finished(node) {
+            return Err(invalid("the node's installer has finished"));
+        }
         let source = image_source(node)?;
         if source.starts_with("file://") {
             let files = self
@@ -689,6 +703,17 @@ impl AnacondaDeploy {
         tracing::info!(node = %node.uuid, "the installer boots");
         Ok(StepOutcome::Wait)
     }
+}
+
+/// Whether the installer called back `end` or `error` (the conductor may
+/// not have taken it in yet).
+fn installer_finished(node: &Node) -> bool {
+    matches!(
+        node.driver_internal_info
+            .get(AGENT_STATUS_KEY)
+            .and_then(Value::as_str),
+        Some("end" | "error")
+    )
 }
 
 fn forget_installer(node: &mut Node) {
@@ -928,6 +953,16 @@ mod tests {
             render_template("{{ ks_options.agent_token }}", &context).unwrap(),
             "x"
         );
+        // A failing template tells neither its text nor the values it saw.
+        let secret =
+            json!({"ks_options": {"agent_token": "t0k3n-SECRET", "config_drive": "c0nfig-SECRET"}});
+        let error = render_template(
+            "rootpw --iscrypted $6$hash-SECRET\n{{ ks_options.agent_token }}{{ ks_options.config_drive }}{{ ks_options.nope.deeper }}",
+            &secret,
+        )
+        .unwrap_err();
+        assert!(!error.contains("SECRET"), "{error}");
+        assert!(error.contains("line 2"), "{error}");
     }
 
     #[test]

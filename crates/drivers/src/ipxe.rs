@@ -355,6 +355,16 @@ impl IpxeBoot {
             ProvisionState::Deploying | ProvisionState::WaitCallBack
         );
         if ramdisk && deploy_interface == "anaconda" && installing {
+            // Once the installer said it ended (or failed), a reboot it
+            // makes itself must not start it again before the conductor
+            // has taken the callback in.
+            let status = node
+                .driver_internal_info
+                .get("agent_status")
+                .and_then(Value::as_str);
+            if matches!(status, Some("end" | "error")) {
+                return Ok(NetworkBoot::Local);
+            }
             if let Some(boot) = node.driver_internal_info.get(INSTALLER_KEY) {
                 return installer_boot(boot);
             }
@@ -579,16 +589,21 @@ pub fn instance_ramdisk(node: &Node, loader: Loader) -> Result<NetworkBoot, Driv
 /// An http(s) URL that can go into a boot script or an ISO's boot loader
 /// configuration as it is.
 pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    // Messages show the URL without its credentials.
+    let shown = ferric_types::url::mask_credentials(url);
+    let url_for_message = shown.as_ref();
+    check_url_shape(url).map_err(|why| format!("{url_for_message:?} {why}"))
+}
+
+fn check_url_shape(url: &str) -> Result<(), &'static str> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(format!("{url:?} is not an http(s) URL"));
+        return Err("is not an http(s) URL");
     }
     if url
         .chars()
         .any(|c| c.is_ascii_control() || c.is_whitespace() || matches!(c, '$' | '"' | '\'' | '\\'))
     {
-        return Err(format!(
-            "{url:?} holds spaces, control characters, quotes or $"
-        ));
+        return Err("holds spaces, control characters, quotes or $");
     }
     Ok(())
 }

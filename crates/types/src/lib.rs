@@ -11,6 +11,7 @@ pub mod seconds;
 pub mod state;
 pub mod step;
 pub mod timestamp;
+pub mod url;
 pub mod version;
 
 pub use node::{Conductor, Node, INTERFACE_NAMES};
