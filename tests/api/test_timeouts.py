@@ -86,3 +86,46 @@ def test_callback_timeout_does_not_fire_early(ferricd_factory: Callable[..., Fer
     node = server.node(uuid)
     assert node["provision_state"] == "wait call-back", node
     assert node["last_error"] is None
+
+
+def test_a_node_never_heard_from_is_network_booted_again(ferricd_factory: Callable[..., Ferricd], tmp_path) -> None:
+    """[conductor.pxe] boot_retry_timeout: a node that network-booted and
+    never called back is set to boot from the network once more and
+    rebooted, each time the timeout passes, until the callback timeout."""
+    files = tmp_path / "deploy"
+    files.mkdir()
+    (files / "vmlinuz").write_bytes(b"k")
+    (files / "initrd").write_bytes(b"r")
+    server = ferricd_factory(conductor={
+        "deploy_callback_timeout": 120, "callback_check_interval": 1, "automated_clean": False,
+        "pxe": {"deploy_kernel": str(files / "vmlinuz"), "deploy_ramdisk": str(files / "initrd"),
+                "boot_retry_timeout": 10},
+    })
+    node = server.create_node(name="retry-1", boot_interface="ipxe", deploy_interface="direct",
+                              instance_info={"image_source": "http://192.0.2.1/disk.raw",
+                                             "image_checksum": "a" * 64})
+    uuid = node["uuid"]
+    server.create_port(uuid, "52:54:00:77:00:09")
+    server.make_available(uuid)
+    server.provision(uuid, "active")
+    server.wait_state(uuid, "wait call-back", timeout=10)
+    boot = f"/v1/nodes/{uuid}/management/boot_device"
+    assert server.get(boot)["boot_device"] == "pxe"
+    # The firmware used its one network boot: it would now boot the disk.
+    server.call("PUT", boot, 204, json={"boot_device": "disk", "persistent": False})
+    assert "boot_retry_at" not in server.node(uuid)["driver_internal_info"]
+    start = time.monotonic()
+    deadline = start + 30
+    while "boot_retry_at" not in server.node(uuid)["driver_internal_info"]:
+        assert time.monotonic() < deadline, "no boot retry after 30 s"
+        time.sleep(0.5)
+    assert time.monotonic() - start >= 5, "retried before its timeout"
+    node = server.node(uuid)
+    assert node["provision_state"] == "wait call-back" and node["power_state"] == "power on", node
+    assert server.get(boot) == {"boot_device": "pxe", "persistent": False}
+    first = node["driver_internal_info"]["boot_retry_at"]
+    # Ten seconds later, once more.
+    deadline = time.monotonic() + 30
+    while server.node(uuid)["driver_internal_info"]["boot_retry_at"] == first:
+        assert time.monotonic() < deadline, "no second boot retry"
+        time.sleep(0.5)

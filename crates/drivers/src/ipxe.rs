@@ -95,7 +95,7 @@ pub struct PxeOptions {
     pub default_boot_mode: String,
     /// Seconds after which a node that network-booted and never called
     /// back (no agent heartbeat, no installer callback) is rebooted again
-    /// (Ironic's `[pxe]boot_retry_timeout`); at least 60. Default: none,
+    /// (Ironic's `[pxe]boot_retry_timeout`); at least 10 (Ironic: 60). Default: none,
     /// no retries. A node that called back once is not retried: a long
     /// anaconda installation is left to `deploy_callback_timeout`.
     pub boot_retry_timeout: Option<u64>,
@@ -241,8 +241,8 @@ impl IpxeBoot {
                 options.dhcp_tag
             )));
         }
-        if options.boot_retry_timeout.is_some_and(|t| t < 60) {
-            return Err(bad("boot_retry_timeout: at least 60 seconds".into()));
+        if options.boot_retry_timeout.is_some_and(|t| t < 10) {
+            return Err(bad("boot_retry_timeout: at least 10 seconds".into()));
         }
         let mut templates = Environment::new();
         templates.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
