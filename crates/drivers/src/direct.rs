@@ -654,8 +654,7 @@ impl DeployInterface for DirectDeploy {
             return Ok(None);
         }
         let command = format!("{}.get_{}_steps", kind.as_str(), kind.as_str());
-        let params =
-            json!({"node": node_for_agent(node, self.flavor == Flavor::CustomAgent), "ports": []});
+        let params = json!({"node": node_for_agent(node, false), "ports": []});
         let result = self.agent.execute(node, &command, params, true).await?;
         if result["command_status"] != "SUCCEEDED" {
             return Err(DriverError::Failed(command_error(&result)));
