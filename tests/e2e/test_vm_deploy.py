@@ -168,3 +168,62 @@ def test_a_ramdisk_deploy_boots_the_vm_into_its_ramdisk_with_no_disk_written(tmp
             assert f"{www}/vmlinuz" not in script, script
         finally:
             httpd.shutdown()
+
+
+def test_an_anaconda_deploy_boots_the_installer_which_calls_back_to_active(tmp_path: Path) -> None:
+    """The anaconda deploy interface in a VM: iPXE boots the installer's
+    kernel and initrd with inst.ks and inst.stage2; the installer (a
+    stand-in: no real one can be fetched here) brings its NIC up, fetches
+    the kickstart from ferricd and runs the kickstart's own %pre and last
+    %post callbacks; the node goes active and is set to boot its disk."""
+    import http.server
+    import threading
+
+    from testbed import HOST_IP, INSTALLER_MARKER, build_fake_installer, kernel
+
+    with Testbed(tmp_path / "bed") as bed:
+        files = tmp_path / "www"
+        files.mkdir()
+        vmlinuz, modules = kernel()
+        (files / "vmlinuz").write_bytes(vmlinuz.read_bytes())
+        (files / "initrd.img").write_bytes(build_fake_installer(tmp_path, modules).read_bytes())
+        (files / "install.img").write_bytes(b"stage2")
+        (files / "os.tar.gz").write_bytes(b"os")
+        handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(files), **kw)  # noqa: E731
+        httpd = http.server.ThreadingHTTPServer((HOST_IP, 0), handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        www = f"http://{HOST_IP}:{httpd.server_address[1]}"
+        try:
+            uuid = bed.enroll(deploy_interface="anaconda")
+            bed.baremetal("node", "manage", "vm-1", "--wait", "120")
+            bed.baremetal("node", "provide", "vm-1", "--wait", "400")
+            bed.baremetal(
+                "node", "set", "vm-1",
+                "--instance-info", f"image_source={www}/os.tar.gz",
+                "--instance-info", f"kernel={www}/vmlinuz",
+                "--instance-info", f"ramdisk={www}/initrd.img",
+                "--instance-info", f"stage2={www}/install.img",
+                "--instance-info", 'image_properties={"disk_file_extension": ".tgz"}',
+            )
+            console_from = len(bed.vm.console_text())
+            started = time.time()
+            bed.baremetal("node", "deploy", "vm-1")
+            bed.wait_console(f"{INSTALLER_MARKER} inst.ks={bed.server.url}/boot/kickstart/{uuid} "
+                             f"inst.stage2={www}/install.img", timeout=120, after=console_from)
+            fetched = bed.wait_console(f"{INSTALLER_MARKER} kickstart fetched", timeout=60, after=console_from)
+            pre = bed.wait_console(f"{INSTALLER_MARKER} pre done", timeout=60, after=console_from)
+            assert bed.server.node(uuid)["driver_internal_info"].get("agent_status") in ("start", "end")
+            bed.wait_console(f"{INSTALLER_MARKER} post done", timeout=60, after=console_from)
+            node = bed.wait_state(uuid, "active", timeout=60)
+            active = time.time()
+            assert node["last_error"] is None, node
+            assert (bed.vm.dir / "bootdev").read_text().strip() == "default"
+            script = requests.get(f"{bed.server.url}/boot/ipxe/{MAC}", timeout=10).text
+            assert "vmlinuz" not in script and "sanboot" in script, script
+            log("anaconda deploy timings: " + json.dumps({
+                "deploy_to_kickstart_fetched_s": round(fetched - started, 1),
+                "deploy_to_pre_callback_s": round(pre - started, 1),
+                "deploy_to_active_s": round(active - started, 1),
+            }))
+        finally:
+            httpd.shutdown()

@@ -219,6 +219,87 @@ def build_test_ramdisk(workdir: Path) -> Path:
     return out
 
 
+INSTALLER_MARKER = "FERRIC-FAKE-INSTALLER:"
+
+# A stand-in for the anaconda installer: it reads inst.ks from its kernel
+# command line, brings its NIC up with DHCP, fetches the kickstart, and runs
+# the kickstart's own %pre and last %post sections (their curl callbacks go
+# through a curl-to-wget shim: busybox has no curl).
+INSTALLER_INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /tmp /usr/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+while read -r m; do insmod "/lib/modules/$m"; done < /lib/modules/order
+say() { echo "%(marker)s $*" > /dev/console; }
+for p in $(cat /proc/cmdline); do
+    case "$p" in
+        inst.ks=*) ks="${p#inst.ks=}" ;;
+        inst.stage2=*) stage2="${p#inst.stage2=}" ;;
+    esac
+done
+say "inst.ks=$ks inst.stage2=$stage2"
+ip link set lo up
+for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done
+ip link set eth0 up
+udhcpc -i eth0 -s /bin/dhcp-script -q -n -t 20 >/dev/null 2>&1 || say "no DHCP lease"
+if ! wget -q -O /tmp/ks.cfg "$ks"; then say "no kickstart"; while true; do sleep 3600; done; fi
+say "kickstart fetched ($(wc -l < /tmp/ks.cfg) lines)"
+awk '/^%%pre/{f=1; next} /^%%end/{f=0} f' /tmp/ks.cfg > /tmp/pre.sh
+awk '/^%%post/{f=1; buf=""; next} /^%%end/{if (f) last=buf; f=0; next} f{buf=buf $0 "\\n"} END{printf "%%s", last}' /tmp/ks.cfg > /tmp/post.sh
+if sh /tmp/pre.sh; then say "pre done"; else say "pre failed"; fi
+sleep 2
+if sh /tmp/post.sh; then say "post done"; else say "post failed"; fi
+while true; do sleep 3600; done
+""" % {"marker": INSTALLER_MARKER}
+
+DHCP_SCRIPT = """#!/bin/sh
+case "$1" in bound|renew) ip addr add "$ip/${mask:-24}" dev "$interface" ;; esac
+exit 0
+"""
+
+# curl as the kickstart calls it, done by busybox's wget: the -d body to the
+# last URL, as JSON, with Ironic's API version header.
+CURL_SHIM = """#!/bin/sh
+data=""; url=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -d|--data) data="$2"; shift 2 ;;
+        -H|-X|--header|--retry|--retry-delay) shift 2 ;;
+        -*) shift ;;
+        *) url="$1"; shift ;;
+    esac
+done
+exec wget -q -O - --header "Content-Type: application/json" \\
+    --header "X-OpenStack-Ironic-API-Version: 1.72" --post-data "$data" "$url"
+"""
+
+
+def build_fake_installer(workdir: Path, modules_dir: Path) -> Path:
+    """The fake installer's initramfs (INSTALLER_INIT), with the modules of
+    QEMU's virtio NIC."""
+    tree = workdir / "fake-installer"
+    for sub in ("bin", "usr/bin", "lib/modules"):
+        (tree / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy(shutil.which("busybox") or "/bin/busybox", tree / "bin" / "busybox")
+    for path, text in [("init", INSTALLER_INIT), ("bin/dhcp-script", DHCP_SCRIPT), ("usr/bin/curl", CURL_SHIM)]:
+        (tree / path).write_text(text)
+        (tree / path).chmod(0o755)
+    order = []
+    for ko in module_closure(modules_dir, ["virtio_pci", "virtio_net"]):
+        shutil.copy(ko, tree / "lib" / "modules" / ko.name)
+        order.append(ko.name)
+    (tree / "lib" / "modules" / "order").write_text("\n".join(order) + "\n")
+    files = run(["find", ".", "-mindepth", "1"], cwd=tree).stdout
+    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=files.encode(),
+                          capture_output=True, check=True).stdout
+    import gzip
+    out = workdir / "fake-installer.gz"
+    out.write_bytes(gzip.compress(cpio, 6))
+    return out
+
+
 def build_deploy_ramdisk(workdir: Path, ferric: Path, vmlinuz: Path, modules_dir: Path) -> Path:
     out = workdir / "deploy.initramfs"
     run([str(ferric), "ramdisk", "build", "--kernel", str(vmlinuz), "--modules", str(modules_dir),
