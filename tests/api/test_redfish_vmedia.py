@@ -291,10 +291,13 @@ def test_a_ramdisk_deploy_boots_its_boot_iso_from_virtual_media(
     www = tmp_path / "www"
     www.mkdir()
     (www / "live.iso").write_bytes(b"an ISO the emulator only downloads" * 100)
+    (www / "vmlinuz").write_bytes(deploy_kernel.read_bytes())
+    (www / "initrd.img").write_bytes(b"the instance initramfs\n" * 100)
     handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(www), **kw)  # noqa: E731
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    iso = f"http://127.0.0.1:{httpd.server_address[1]}/live.iso"
+    www_url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    iso = f"{www_url}/live.iso"
     try:
         server = vmedia_server(ferricd_factory, tmp_path, deploy_kernel)
         bm = Baremetal(server.url, tmp_path / "home")
@@ -310,6 +313,28 @@ def test_a_ramdisk_deploy_boots_its_boot_iso_from_virtual_media(
         bm.run("node", "provide", "vmedia-rd", "--wait", "60")
         rows = {r["interface"]: r for r in bm.rows("node", "validate", "vmedia-rd")}
         assert rows["deploy"]["result"] is False and "boot_iso" in rows["deploy"]["reason"], rows
+
+        # kernel + ramdisk: ferricd downloads them and builds the ISO, with
+        # the instance's kernel arguments, at an unguessable URL.
+        bm.run("node", "set", "vmedia-rd",
+               "--instance-info", f"kernel={www_url}/vmlinuz",
+               "--instance-info", f"ramdisk={www_url}/initrd.img",
+               "--instance-info", "ramdisk_kernel_arguments=rd.marker=vmedia-7")
+        bm.run("node", "deploy", "vmedia-rd", "--wait", "120")
+        cd = sushy.cd()
+        found = ISO_URL.match(cd["Image"])
+        assert cd["Inserted"] is True and found and found["base"] == server.url, cd
+        built = tmp_path / "instance.iso"
+        built.write_bytes(requests.get(cd["Image"], timeout=30).content)
+        isolinux = extract(built, "/isolinux/isolinux.cfg", tmp_path / "instance-isolinux.cfg")
+        assert "rd.marker=vmedia-7" in isolinux and "ipa-agent-token" not in isolinux, isolinux
+        assert extract(built, "/boot/initrd", tmp_path / "instance-initrd").startswith("the instance initramfs")
+        assert sushy.get(sushy.system_path)["Boot"]["BootSourceOverrideEnabled"] == "Continuous"
+        bm.run("node", "undeploy", "vmedia-rd", "--wait", "120")
+        assert requests.get(cd["Image"], timeout=10).status_code == 404
+        assert sushy.cd()["Inserted"] is False
+
+        # boot_iso: the BMC boots the instance's own ISO.
         bm.run("node", "set", "vmedia-rd", "--instance-info", f"boot_iso={iso}")
         bm.run("node", "deploy", "vmedia-rd", "--wait", "120")
         shown = bm.json("node", "show", "vmedia-rd")

@@ -564,12 +564,13 @@ pub fn instance_ramdisk(node: &Node, loader: Loader) -> Result<NetworkBoot, Driv
         DriverError::InvalidParameter(format!("instance_info ramdisk_kernel_arguments: {e}"))
     })?;
     match (url("kernel")?, url("ramdisk")?, url("boot_iso")?) {
+        // An ISO wins, as in Ironic, where it can be booted.
+        (_, _, Some(iso)) if loader == Loader::Ipxe => Ok(NetworkBoot::Iso { url: iso }),
         (Some(kernel), Some(ramdisk), _) => Ok(NetworkBoot::Ramdisk {
             kernel,
             ramdisk,
             params,
         }),
-        (None, None, Some(iso)) if loader == Loader::Ipxe => Ok(NetworkBoot::Iso { url: iso }),
         (None, None, Some(_)) => Err(DriverError::InvalidParameter(
             "instance_info boot_iso: the pxe boot interface cannot boot an ISO; use ipxe or \
              redfish-virtual-media"

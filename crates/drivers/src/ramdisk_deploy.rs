@@ -34,19 +34,8 @@ impl DeployInterface for RamdiskDeploy {
             Some("pxe") => Loader::Pxelinux,
             _ => Loader::Ipxe,
         };
-        if node.boot_interface.as_deref() == Some("redfish-virtual-media") {
-            // Virtual media boots an ISO only.
-            return match node.instance_info.get("boot_iso").and_then(|v| v.as_str()) {
-                Some(url) if !url.is_empty() => crate::ipxe::check_url(url).map_err(|e| {
-                    DriverError::InvalidParameter(format!("instance_info boot_iso: {e}"))
-                }),
-                _ => Err(DriverError::InvalidParameter(
-                    "the ramdisk deploy over virtual media needs instance_info boot_iso (an \
-                     http(s) URL of an ISO)"
-                        .into(),
-                )),
-            };
-        }
+        // Virtual media boots boot_iso, or an ISO built of kernel and
+        // ramdisk: the same instance_info as iPXE.
         instance_ramdisk(node, loader).map(|_| ())
     }
 

@@ -188,13 +188,27 @@ impl RedfishVirtualMediaBoot {
         Ok(params)
     }
 
-    /// Builds the node's ISO as `{dir}/{name}.iso`, private to this user,
-    /// on a blocking thread.
+    /// Builds the node's ISO of the deploy kernel and ramdisk.
     async fn build_iso(&self, node: &Node, name: &str, append: String) -> Result<u64, DriverError> {
+        let kernel = self.deploy_file(node, "deploy_kernel")?.to_path_buf();
+        let initrd = self.deploy_file(node, "deploy_ramdisk")?.to_path_buf();
+        self.build_iso_of(node, name, kernel, initrd, append).await
+    }
+
+    /// Builds an ISO of `kernel` and `initrd` as `{dir}/{name}.iso`,
+    /// private to this user, on a blocking thread.
+    async fn build_iso_of(
+        &self,
+        node: &Node,
+        name: &str,
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+    ) -> Result<u64, DriverError> {
         let dir = self.dir()?.to_path_buf();
         let options = IsoOptions {
-            kernel: self.deploy_file(node, "deploy_kernel")?.to_path_buf(),
-            initrd: self.deploy_file(node, "deploy_ramdisk")?.to_path_buf(),
+            kernel,
+            initrd,
             output: dir.join(format!(".tmp-{name}.iso")),
             append,
             uefi: self.boot_mode(node)? == BootMode::Uefi,
@@ -227,6 +241,66 @@ impl RedfishVirtualMediaBoot {
                 name,
             )
         })
+    }
+
+    /// The ramdisk deploy's instance from instance_info `kernel` and
+    /// `ramdisk`: both downloaded (at most [`MAX_INSTANCE_FILE`] each) and
+    /// built into an ISO with the server's kernel parameters and
+    /// `ramdisk_kernel_arguments`, served at an unguessable URL like the
+    /// deploy ISOs. Returns the ISO's URL.
+    async fn build_instance_iso(&self, node: &mut Node) -> Result<String, DriverError> {
+        let text = |key: &str| {
+            node.instance_info
+                .get(key)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let (Some(kernel_url), Some(ramdisk_url)) = (text("kernel"), text("ramdisk")) else {
+            return Err(invalid(
+                "the ramdisk deploy over virtual media needs instance_info boot_iso, or kernel \
+                 and ramdisk (http(s) URLs)"
+                    .into(),
+            ));
+        };
+        for (key, url) in [("kernel", &kernel_url), ("ramdisk", &ramdisk_url)] {
+            crate::ipxe::check_url(url)
+                .map_err(|e| invalid(format!("instance_info {key}: {e}")))?;
+        }
+        let arguments = text("ramdisk_kernel_arguments").unwrap_or_default();
+        let append = format!(
+            "{} {arguments}",
+            self.options.append_params(node, BootLoader::Quoted)?
+        )
+        .trim()
+        .to_string();
+        kernel_params::validate(&append, BootLoader::Quoted)
+            .map_err(|e| invalid(format!("the instance ramdisk's kernel parameters: {e}")))?;
+        let dir = self.dir()?.to_path_buf();
+        create_private_dir(&dir)
+            .map_err(|e| DriverError::Failed(format!("creating {}: {e}", dir.display())))?;
+        let name = new_iso_name();
+        let kernel = dir.join(format!(".tmp-{name}.kernel"));
+        let initrd = dir.join(format!(".tmp-{name}.initrd"));
+        let built = async {
+            download(&kernel_url, &kernel).await?;
+            bootiso::check_kernel(&kernel)
+                .map_err(|e| invalid(format!("instance_info kernel: {}", error_chain(&e))))?;
+            download(&ramdisk_url, &initrd).await?;
+            node.driver_internal_info
+                .insert(ISO_KEY.into(), Value::String(name.clone()));
+            self.build_iso_of(node, &name, kernel.clone(), initrd.clone(), append)
+                .await
+        }
+        .await;
+        let _ = std::fs::remove_file(&kernel);
+        let _ = std::fs::remove_file(&initrd);
+        let size = built?;
+        tracing::info!(node = %node.uuid, size, "instance ramdisk ISO built");
+        Ok(format!(
+            "{}{VMEDIA_PATH}/{name}.iso",
+            self.options.http_url()?
+        ))
     }
 
     /// Deletes the node's ISO, if it has one.
@@ -274,6 +348,55 @@ impl RedfishVirtualMediaBoot {
             (result, _) => result.map(|_| ()),
         }
     }
+}
+
+/// The largest instance kernel or ramdisk downloaded for an ISO.
+const MAX_INSTANCE_FILE: u64 = 2 << 30;
+
+/// Downloads `url` into `dest` (created 0600), at most
+/// [`MAX_INSTANCE_FILE`] bytes; messages show the URL without credentials.
+async fn download(url: &str, dest: &Path) -> Result<(), DriverError> {
+    use tokio::io::AsyncWriteExt;
+    let shown = ferric_types::url::mask_credentials(url).into_owned();
+    let failed = |why: String| DriverError::Failed(format!("downloading {shown}: {why}"));
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .read_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let mut response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| failed(crate::agent_client::error_chain(&e)))?;
+    if !response.status().is_success() {
+        return Err(failed(format!("HTTP {}", response.status())));
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dest)
+        .await
+        .map_err(|e| failed(format!("{}: {e}", dest.display())))?;
+    let mut total = 0u64;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| failed(crate::agent_client::error_chain(&e)))?
+    {
+        total += chunk.len() as u64;
+        if total > MAX_INSTANCE_FILE {
+            return Err(failed(format!("larger than {MAX_INSTANCE_FILE} bytes")));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| failed(format!("{}: {e}", dest.display())))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| failed(format!("{}: {e}", dest.display())))
 }
 
 /// Creates `dir` (and its parents) if needed, readable by this user only.
@@ -376,24 +499,34 @@ impl BootInterface for RedfishVirtualMediaBoot {
         }
         // The ramdisk deploy's instance is an ISO the BMC boots, for as
         // long as the node is deployed.
-        let iso = node
+        let given = node
             .instance_info
             .get("boot_iso")
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                invalid(
-                    "the ramdisk deploy over virtual media needs instance_info boot_iso (an \
-                     http(s) URL of an ISO)"
-                        .to_string(),
-                )
-            })?
-            .to_string();
-        crate::ipxe::check_url(&iso)
-            .map_err(|e| invalid(format!("instance_info boot_iso: {e}")))?;
-        self.client
-            .insert_virtual_media(node, &iso, VirtualMediaDevice::Cd)
-            .await?;
+            .map(str::to_string);
+        match given {
+            Some(iso) => {
+                crate::ipxe::check_url(&iso)
+                    .map_err(|e| invalid(format!("instance_info boot_iso: {e}")))?;
+                self.client
+                    .insert_virtual_media(node, &iso, VirtualMediaDevice::Cd)
+                    .await?;
+            }
+            None => {
+                let url = self.build_instance_iso(node).await?;
+                let name = node
+                    .driver_internal_info
+                    .get(ISO_KEY)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                self.client
+                    .insert_virtual_media(node, &url, VirtualMediaDevice::Cd)
+                    .await
+                    .map_err(|e| hide(e, &name))?;
+            }
+        }
         context
             .management
             .set_boot_device(node, BootDevice::Cdrom, true)
