@@ -6,6 +6,8 @@ fixed number of seconds, then fails with what it saw last.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import re
@@ -13,10 +15,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid as uuidlib
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import requests
 
@@ -24,6 +28,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 MIN_VERSION = "1.1"
 MAX_VERSION = "1.95"
+
+@contextmanager
+def serve_directory(root: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """Python's http.server over `root` on a free port of `host`, in a
+    thread, for the files a test's nodes or agents fetch; yields its URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer((host, 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://{host}:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
 
 VERSION_HEADERS = (
     "X-OpenStack-Ironic-API-Minimum-Version",

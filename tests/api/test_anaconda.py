@@ -7,20 +7,17 @@ driven with the real `baremetal` CLI (fake power, ipxe boot)."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
-import shlex
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 import requests
 
-from support import Baremetal, Ferricd
+from support import Baremetal, Ferricd, serve_directory
 
 KS_VALIDATOR = Path(sys.executable).parent / "ksvalidator"
 TARBALL = b"not really a tarball, but the installer is not really here either" * 100
@@ -59,13 +56,8 @@ def mirror(tmp_path: Path) -> Iterator[str]:
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(body)
-    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(root), **kw)  # noqa: E731
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
+    with serve_directory(root) as url:
+        yield url
 
 
 def anaconda_server(factory: Callable[..., Ferricd], tmp_path: Path, callback_timeout: int = 120) -> Ferricd:

@@ -9,18 +9,16 @@ unshare, as CI has, and coreos-installer (scripts/install-deps builds it)."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from support import Baremetal, Ferricd, binary, mac
+from support import Baremetal, Ferricd, binary, mac, serve_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 IGNITION = {"ignition": {"version": "3.4.0"},
@@ -106,13 +104,8 @@ def coreos_image(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         shutil.copyfileobj(b, f)
         f.seek(40 << 20)
         f.write(b"coreos-root" * 10_000)
-    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(www), **kw)  # noqa: E731
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/coreos.raw", image
-    finally:
-        httpd.shutdown()
+    with serve_directory(www) as url:
+        yield f"{url}/coreos.raw", image
 
 
 def test_metal3_custom_deploy_runs_install_coreos_with_the_real_installer(

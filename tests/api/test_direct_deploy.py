@@ -5,16 +5,14 @@ device as the node's disk (root device hint by name). Needs root, as CI has."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import subprocess
-import threading
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from support import Baremetal, Ferricd, binary, mac
+from support import Baremetal, Ferricd, binary, mac, serve_directory
 
 
 @pytest.fixture
@@ -44,14 +42,8 @@ def image_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         f.seek(2 << 20)
         f.write(b"ferric" * 100_000)
     subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(images / "disk.qcow2")], check=True)
-    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(images), **kw)  # noqa: E731
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", raw
-    finally:
-        httpd.shutdown()
+    with serve_directory(images) as url:
+        yield url, raw
 
 
 def test_direct_deploy_with_the_baremetal_cli(

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 import pytest
 import requests
 
-from support import ROOT, Baremetal, Ferricd, free_port, wait_for
+from support import ROOT, Baremetal, Ferricd, free_port, serve_directory, wait_for
 
 MAC = "52:54:00:7e:00:01"
 ISO_URL = re.compile(r"^(?P<base>http://127\.0\.0\.1:\d+)/boot/vmedia/(?P<name>[0-9a-f]{32})\.iso$")
@@ -285,20 +285,13 @@ def test_a_ramdisk_deploy_boots_its_boot_iso_from_virtual_media(
     """The ramdisk deploy over virtual media: no deploy ramdisk, the BMC
     inserts the instance's own ISO (instance_info boot_iso) and boots it
     for as long as the node is deployed."""
-    import http.server
-    import threading
-
     www = tmp_path / "www"
     www.mkdir()
     (www / "live.iso").write_bytes(b"an ISO the emulator only downloads" * 100)
     (www / "vmlinuz").write_bytes(deploy_kernel.read_bytes())
     (www / "initrd.img").write_bytes(b"the instance initramfs\n" * 100)
-    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(www), **kw)  # noqa: E731
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    www_url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    iso = f"{www_url}/live.iso"
-    try:
+    with serve_directory(www) as www_url:
+        iso = f"{www_url}/live.iso"
         server = vmedia_server(ferricd_factory, tmp_path, deploy_kernel)
         bm = Baremetal(server.url, tmp_path / "home")
         node = bm.json(
@@ -349,5 +342,3 @@ def test_a_ramdisk_deploy_boots_its_boot_iso_from_virtual_media(
 
         bm.run("node", "undeploy", "vmedia-rd", "--wait", "120")
         assert sushy.cd()["Inserted"] is False
-    finally:
-        httpd.shutdown()

@@ -115,10 +115,7 @@ def test_a_ramdisk_deploy_boots_the_vm_into_its_ramdisk_with_no_disk_written(tmp
     """The ramdisk deploy interface: the instance is a kernel and an
     initramfs the VM fetches over HTTP through iPXE; nothing is written to
     its disk, and it keeps booting them from the network."""
-    import http.server
-    import threading
-
-    from testbed import HOST_IP, RAMDISK_MARKER, build_test_ramdisk, kernel
+    from testbed import RAMDISK_MARKER, build_test_ramdisk, kernel, serve_directory
 
     with Testbed(tmp_path / "bed") as bed:
         # The instance's files on a web server of their own, in the
@@ -128,11 +125,7 @@ def test_a_ramdisk_deploy_boots_the_vm_into_its_ramdisk_with_no_disk_written(tmp
         vmlinuz, _ = kernel()
         (files / "vmlinuz").write_bytes(vmlinuz.read_bytes())
         (files / "initrd.gz").write_bytes(build_test_ramdisk(tmp_path).read_bytes())
-        handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(files), **kw)  # noqa: E731
-        httpd = http.server.ThreadingHTTPServer((HOST_IP, 0), handler)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        www = f"http://{HOST_IP}:{httpd.server_address[1]}"
-        try:
+        with serve_directory(files) as www:
             uuid = bed.enroll(deploy_interface="ramdisk")
             bed.baremetal("node", "manage", "vm-1", "--wait", "120")
             bed.baremetal("node", "provide", "vm-1", "--wait", "400")
@@ -166,8 +159,6 @@ def test_a_ramdisk_deploy_boots_the_vm_into_its_ramdisk_with_no_disk_written(tmp
             assert bed.server.node(uuid)["provision_state"] == "available"
             script = requests.get(f"{bed.server.url}/boot/ipxe/{MAC}", timeout=10).text
             assert f"{www}/vmlinuz" not in script, script
-        finally:
-            httpd.shutdown()
 
 
 def test_an_anaconda_deploy_boots_the_installer_which_calls_back_to_active(tmp_path: Path) -> None:
@@ -176,10 +167,7 @@ def test_an_anaconda_deploy_boots_the_installer_which_calls_back_to_active(tmp_p
     stand-in: no real one can be fetched here) brings its NIC up, fetches
     the kickstart from ferricd and runs the kickstart's own %pre and last
     %post callbacks; the node goes active and is set to boot its disk."""
-    import http.server
-    import threading
-
-    from testbed import HOST_IP, INSTALLER_MARKER, build_fake_installer, kernel
+    from testbed import INSTALLER_MARKER, build_fake_installer, kernel, serve_directory
 
     with Testbed(tmp_path / "bed") as bed:
         files = tmp_path / "www"
@@ -189,11 +177,7 @@ def test_an_anaconda_deploy_boots_the_installer_which_calls_back_to_active(tmp_p
         (files / "initrd.img").write_bytes(build_fake_installer(tmp_path, modules).read_bytes())
         (files / "install.img").write_bytes(b"stage2")
         (files / "os.tar.gz").write_bytes(b"os")
-        handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(files), **kw)  # noqa: E731
-        httpd = http.server.ThreadingHTTPServer((HOST_IP, 0), handler)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        www = f"http://{HOST_IP}:{httpd.server_address[1]}"
-        try:
+        with serve_directory(files) as www:
             uuid = bed.enroll(deploy_interface="anaconda")
             bed.baremetal("node", "manage", "vm-1", "--wait", "120")
             bed.baremetal("node", "provide", "vm-1", "--wait", "400")
@@ -225,5 +209,3 @@ def test_an_anaconda_deploy_boots_the_installer_which_calls_back_to_active(tmp_p
                 "deploy_to_pre_callback_s": round(pre - started, 1),
                 "deploy_to_active_s": round(active - started, 1),
             }))
-        finally:
-            httpd.shutdown()

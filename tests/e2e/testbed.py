@@ -17,6 +17,8 @@ its new disk.
 from __future__ import annotations
 
 import ctypes
+import functools
+import http.server
 import hashlib
 import json
 import os
@@ -26,9 +28,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -305,6 +308,19 @@ def build_deploy_ramdisk(workdir: Path, ferric: Path, vmlinuz: Path, modules_dir
     run([str(ferric), "ramdisk", "build", "--kernel", str(vmlinuz), "--modules", str(modules_dir),
          "--agent", str(static_agent()), "-o", str(out)])
     return out
+
+
+@contextmanager
+def serve_directory(root: Path, host: str = HOST_IP) -> Iterator[str]:
+    """Python's http.server over `root` on a free port of `host`, in a
+    thread, for the files a test's nodes or agents fetch; yields its URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer((host, 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://{host}:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
 
 
 # ---- the namespace -----------------------------------------------------------

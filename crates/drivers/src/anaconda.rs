@@ -45,7 +45,7 @@ use crate::DriverError;
 use async_trait::async_trait;
 use base64::Engine;
 use ferric_types::kernel_params::{self, BootLoader};
-use ferric_types::{Node, PowerState, Step, StepInterface};
+use ferric_types::{Node, PowerState, Step};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
@@ -730,13 +730,7 @@ impl DeployInterface for AnacondaDeploy {
 
     fn steps(&self, kind: StepKind) -> Vec<StepDefinition> {
         match kind {
-            StepKind::Deploy => vec![StepDefinition {
-                interface: StepInterface::Deploy,
-                step: "deploy".into(),
-                priority: 100,
-                argsinfo: None,
-                requires_ramdisk: false,
-            }],
+            StepKind::Deploy => vec![crate::ramdisk_deploy::deploy_step_only()],
             other => self.cleaning.steps(other),
         }
     }

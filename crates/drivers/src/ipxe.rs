@@ -416,22 +416,15 @@ impl IpxeBoot {
                 kernel,
                 ramdisk,
                 params,
-            } => {
-                // The installer's own parameters (inst.ks, inst.stage2 or
-                // inst.repo) after the server's, and the NIC that booted.
-                let append = self.options.append_params(node, BootLoader::Ipxe)?;
-                context.insert("kernel_url", kernel);
-                context.insert("ramdisk_url", ramdisk);
-                context.insert(
-                    "kernel_params",
-                    format!("{append} {params} {bootif}").trim().to_string(),
-                );
             }
-            NetworkBoot::Ramdisk {
+            | NetworkBoot::Ramdisk {
                 kernel,
                 ramdisk,
                 params,
             } => {
+                // Their own parameters (the installer's inst.ks and
+                // inst.stage2 or inst.repo; ramdisk_kernel_arguments) after
+                // the server's, and the NIC that booted.
                 let append = self.options.append_params(node, BootLoader::Ipxe)?;
                 context.insert("kernel_url", kernel);
                 context.insert("ramdisk_url", ramdisk);

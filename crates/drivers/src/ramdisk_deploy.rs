@@ -16,6 +16,18 @@ use crate::DriverError;
 use async_trait::async_trait;
 use ferric_types::{Node, Step, StepInterface};
 
+/// The one deploy step of interfaces that boot no agent for the deploy
+/// (ramdisk, anaconda): `deploy` at 100.
+pub(crate) fn deploy_step_only() -> StepDefinition {
+    StepDefinition {
+        interface: StepInterface::Deploy,
+        step: "deploy".into(),
+        priority: 100,
+        argsinfo: None,
+        requires_ramdisk: false,
+    }
+}
+
 pub struct RamdiskDeploy {
     /// Runs the clean steps, in the deploy ramdisk.
     cleaning: DirectDeploy,
@@ -41,13 +53,7 @@ impl DeployInterface for RamdiskDeploy {
 
     fn steps(&self, kind: StepKind) -> Vec<StepDefinition> {
         match kind {
-            StepKind::Deploy => vec![StepDefinition {
-                interface: StepInterface::Deploy,
-                step: "deploy".into(),
-                priority: 100,
-                argsinfo: None,
-                requires_ramdisk: false,
-            }],
+            StepKind::Deploy => vec![deploy_step_only()],
             other => self.cleaning.steps(other),
         }
     }

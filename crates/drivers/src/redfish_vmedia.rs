@@ -247,7 +247,7 @@ impl RedfishVirtualMediaBoot {
     /// `ramdisk`: both downloaded (at most [`MAX_INSTANCE_FILE`] each) and
     /// built into an ISO with the server's kernel parameters and
     /// `ramdisk_kernel_arguments`, served at an unguessable URL like the
-    /// deploy ISOs. Returns the ISO's URL.
+    /// deploy ISOs. Returns the ISO's name.
     async fn build_instance_iso(&self, node: &mut Node) -> Result<String, DriverError> {
         let text = |key: &str| {
             node.instance_info
@@ -297,10 +297,18 @@ impl RedfishVirtualMediaBoot {
         let _ = std::fs::remove_file(&initrd);
         let size = built?;
         tracing::info!(node = %node.uuid, size, "instance ramdisk ISO built");
-        Ok(format!(
-            "{}{VMEDIA_PATH}/{name}.iso",
-            self.options.http_url()?
-        ))
+        Ok(name)
+    }
+
+    /// Inserts the ISO this server built as `name` (its URL kept out of
+    /// errors).
+    async fn insert_own_iso(&self, node: &Node, name: &str) -> Result<(), DriverError> {
+        let url = format!("{}{VMEDIA_PATH}/{name}.iso", self.options.http_url()?);
+        self.client
+            .insert_virtual_media(node, &url, VirtualMediaDevice::Cd)
+            .await
+            .map_err(|e| hide(e, name))?;
+        Ok(())
     }
 
     /// Deletes the node's ISO, if it has one.
@@ -465,12 +473,7 @@ impl BootInterface for RedfishVirtualMediaBoot {
             .insert(ISO_KEY.into(), Value::String(name.clone()));
         let size = self.build_iso(node, &name, append).await?;
         tracing::info!(node = %node.uuid, size, "virtual media ISO built");
-
-        let url = format!("{}{VMEDIA_PATH}/{name}.iso", self.options.http_url()?);
-        self.client
-            .insert_virtual_media(node, &url, VirtualMediaDevice::Cd)
-            .await
-            .map_err(|e| hide(e, &name))?;
+        self.insert_own_iso(node, &name).await?;
         context
             .management
             .set_boot_device(node, BootDevice::Cdrom, false)
@@ -514,17 +517,8 @@ impl BootInterface for RedfishVirtualMediaBoot {
                     .await?;
             }
             None => {
-                let url = self.build_instance_iso(node).await?;
-                let name = node
-                    .driver_internal_info
-                    .get(ISO_KEY)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                self.client
-                    .insert_virtual_media(node, &url, VirtualMediaDevice::Cd)
-                    .await
-                    .map_err(|e| hide(e, &name))?;
+                let name = self.build_instance_iso(node).await?;
+                self.insert_own_iso(node, &name).await?;
             }
         }
         context
