@@ -196,13 +196,21 @@ impl<R: Read> Read for Limited<R> {
         let n = self.inner.read(&mut buf[..want])?;
         self.read += n as u64;
         if self.read > self.limit {
-            return Err(io::Error::other(LimitExceeded(format!(
-                "the image expands to more than {} bytes, {}",
-                self.limit, self.what
+            return Err(io::Error::other(LimitExceeded(limit_message(
+                self.limit, self.what,
             ))));
         }
         Ok(n)
     }
+}
+
+fn limit_message(limit: u64, what: &str) -> String {
+    format!("the image expands to more than {limit} bytes, {what}")
+}
+
+/// The error of a [`Limited`] reader, for code that counts bytes itself.
+pub fn limit_exceeded(limit: u64, what: &str) -> Error {
+    Error::TooLarge(limit_message(limit, what))
 }
 
 /// Turns the I/O error of a read through [`Limited`] into [`Error::TooLarge`]

@@ -20,10 +20,10 @@ use crate::sink::BlockSink;
 
 /// Bytes at the start of the image held back until the image is verified.
 pub const DEFAULT_HOLD_BACK: u64 = 1 << 20;
-/// Writes at least this large skip the staging buffer when O_DIRECT is off.
+/// Writes at least this large skip the staging buffer when they can.
 const DIRECT_THROUGH: usize = 1 << 20;
 /// Alignment of direct writes; a multiple of every logical block size.
-const ALIGN: usize = 4096;
+pub(crate) const ALIGN: usize = 4096;
 /// Bytes wiped at the end of the disk (and of the image) on failure: more
 /// than the 16 KiB + 512 B of a backup GPT.
 const TAIL_WIPE: u64 = 1 << 20;
@@ -268,6 +268,14 @@ impl DiskWriter {
         Ok(())
     }
 
+    /// Whether `data` can be written at `offset` without staging it.
+    fn can_write_through(&self, offset: u64, data: &[u8]) -> bool {
+        self.direct.is_none()
+            || (offset.is_multiple_of(ALIGN as u64)
+                && data.len().is_multiple_of(ALIGN)
+                && data.as_ptr().align_offset(ALIGN) == 0)
+    }
+
     fn apply_pending_hole(&mut self) -> Result<()> {
         let Some((start, len)) = self.pending_hole.take() else {
             return Ok(());
@@ -499,11 +507,13 @@ impl BlockSink for DiskWriter {
         if !data.is_empty() {
             self.apply_pending_hole()?;
         }
-        // Without O_DIRECT, large writes go straight out: staging would only
-        // add a copy.
-        if self.direct.is_none() && data.len() >= DIRECT_THROUGH {
+        // Large writes go straight out when they can: staging would only add
+        // a copy. With O_DIRECT they must be aligned in memory and on disk.
+        if data.len() >= DIRECT_THROUGH && self.can_write_through(offset, data) {
             self.flush_stage()?;
-            self.file
+            self.direct
+                .as_ref()
+                .unwrap_or(&self.file)
                 .write_all_at(data, offset)
                 .with_context(|| format!("writing {} bytes at offset {offset}", data.len()))?;
             self.position = self.position.max(end);

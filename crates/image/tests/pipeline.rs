@@ -236,6 +236,61 @@ fn virtual_size_larger_than_the_target_is_refused() {
     assert_eq!(fs::metadata(&path).unwrap().len(), 0);
 }
 
+/// A raw image with data and zeros at odd offsets and an odd length, over
+/// several of the reading thread's chunks: written from the chunks with
+/// O_DIRECT where aligned and staged where not, it reads back the same.
+#[test]
+fn raw_stream_with_odd_runs_is_written_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = (9 << 20) + 12_345;
+    let mut image = vec![0u8; len];
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for (start, end) in [
+        (0, 3000),
+        (1 << 20, (1 << 20) + 70_000),
+        ((2 << 20) - 5, (4 << 20) + 7),
+        ((6 << 20) + 4096, (8 << 20) + 1),
+        (len - 100, len),
+    ] {
+        for byte in &mut image[start..end] {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state as u8 | 1;
+        }
+    }
+    let (path, writer) = target(dir.path(), None);
+    let report = pipeline::write_stream(
+        Cursor::new(image.clone()),
+        writer,
+        &options(Some(sha256(&image)), dir.path()),
+    )
+    .unwrap();
+    assert_eq!(report.format, Format::Raw);
+    assert_eq!(report.write.image_size, len as u64);
+    assert!(report.write.hole_bytes > 2 << 20, "{:?}", report.write);
+    assert_eq!(fs::read(&path).unwrap(), image);
+}
+
+/// A raw stream longer than the target stops at the target's size, and the
+/// target keeps no partition table.
+#[test]
+fn raw_stream_larger_than_the_target_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = fs::read(gpt_disk(dir.path())).unwrap();
+    let limit = (image.len() / 2) as u64;
+    let (path, writer) = target(dir.path(), Some(limit));
+    let err =
+        pipeline::write_stream(Cursor::new(image), writer, &options(None, dir.path())).unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("more than {limit} bytes, the size of the target")),
+        "{err}"
+    );
+    assert!(!has_partition_table(&path), "a partition table survived");
+}
+
 #[test]
 fn decompression_bomb_stops_at_the_target_size() {
     let dir = tempfile::tempdir().unwrap();
