@@ -2,13 +2,13 @@
 //! ferric-image crate, run on the operator's machine with no server.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
-use ferric_image::checksum::Checksum;
+use ferric_image::checksum::{self, Checksum};
 use ferric_image::configdrive::{self, ConfigDrive};
 use ferric_image::format::{self, Format, Policy};
 use ferric_image::pipeline::{self, StreamOptions};
@@ -36,7 +36,8 @@ pub enum ImageCommand {
     Convert {
         source: PathBuf,
         destination: PathBuf,
-        /// Expected checksum: hex, or ALGO:hex.
+        /// Expected checksum: hex, ALGO:hex, or the file:// or http:// URL
+        /// of a checksum file (`<hex>  <name>` lines).
         #[arg(long)]
         checksum: Option<String>,
         #[arg(long)]
@@ -67,6 +68,8 @@ pub enum ImageCommand {
         source: String,
         /// A block device or a file.
         target: PathBuf,
+        /// Expected checksum: hex, ALGO:hex, or the file:// or http:// URL
+        /// of a checksum file (`<hex>  <name>` lines).
         #[arg(long)]
         checksum: Option<String>,
         #[arg(long)]
@@ -137,10 +140,49 @@ fn policy(declared: Option<&str>, permitted: &[String]) -> anyhow::Result<Policy
     Ok(policy)
 }
 
-fn checksum(value: Option<&str>, allow_md5: bool) -> anyhow::Result<Option<Checksum>> {
-    Ok(value
-        .map(|v| Checksum::parse(v, None, allow_md5))
-        .transpose()?)
+/// The expected checksum: a digest (`hex` or `ALGO:hex`), or the URL of a
+/// checksum file (`file://` or `http://`) holding the line for `image`.
+fn checksum(value: Option<&str>, image: &str, allow_md5: bool) -> anyhow::Result<Option<Checksum>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    if !checksum::is_url(value) {
+        return Ok(Some(Checksum::parse(value, None, allow_md5)?));
+    }
+    let text = fetch_checksum_file(value)?;
+    Ok(Some(Checksum::from_checksum_file(
+        &text, image, None, allow_md5,
+    )?))
+}
+
+/// The largest checksum file read: a SHA256SUMS of a whole release is far
+/// smaller.
+const CHECKSUM_FILE_MAX: u64 = 1 << 20;
+
+fn fetch_checksum_file(url: &str) -> anyhow::Result<String> {
+    let shown = ferric_types::url::mask_credentials(url);
+    let mut body = Vec::new();
+    if let Some(path) = url.strip_prefix("file://") {
+        File::open(path)
+            .with_context(|| format!("opening the checksum file {shown}"))?
+            .take(CHECKSUM_FILE_MAX + 1)
+            .read_to_end(&mut body)
+            .with_context(|| format!("reading the checksum file {shown}"))?;
+    } else {
+        let response = reqwest::blocking::get(url)
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| {
+                anyhow::anyhow!("fetching the checksum file {shown}: {}", e.without_url())
+            })?;
+        response
+            .take(CHECKSUM_FILE_MAX + 1)
+            .read_to_end(&mut body)
+            .with_context(|| format!("reading the checksum file {shown}"))?;
+    }
+    if body.len() as u64 > CHECKSUM_FILE_MAX {
+        bail!("the checksum file {shown} is larger than {CHECKSUM_FILE_MAX} bytes");
+    }
+    String::from_utf8(body).with_context(|| format!("the checksum file {shown} is not text"))
 }
 
 pub fn image_command(output: OutputFormat, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
@@ -160,7 +202,7 @@ pub fn image_command(output: OutputFormat, cmd: &ImageCommand) -> anyhow::Result
             allow_md5,
         } => {
             let policy = policy(declared_format.as_deref(), &[])?;
-            let expected = checksum(sum.as_deref(), *allow_md5)?;
+            let expected = checksum(sum.as_deref(), &source.to_string_lossy(), *allow_md5)?;
             let mut src = pipeline::open_image(source)?;
             if let Some(expected) = &expected {
                 // Verified before anything is converted.
@@ -228,7 +270,7 @@ pub fn image_command(output: OutputFormat, cmd: &ImageCommand) -> anyhow::Result
             allow_md5,
         } => {
             let options = StreamOptions {
-                checksum: checksum(sum.as_deref(), *allow_md5)?,
+                checksum: checksum(sum.as_deref(), source, *allow_md5)?,
                 policy: policy(declared_format.as_deref(), &[])?,
                 spool_dir: Some(spool_dir.clone()),
                 ..StreamOptions::default()
@@ -290,26 +332,42 @@ fn inspect(
 ) -> anyhow::Result<ExitCode> {
     let policy = policy(declared, permitted)?;
     let mut src = pipeline::open_image(file)?;
-    let verdict = format::inspect(&mut src).and_then(|i| policy.check(&i).map(|()| i));
-    let (summary, code) = match &verdict {
-        Ok(i) => (
-            json!({"format": i.format.name(), "virtual_size": i.virtual_size, "verdict": "accepted"}),
-            ExitCode::SUCCESS,
-        ),
-        Err(e) => (
-            json!({"verdict": "refused", "reason": e.to_string()}),
-            ExitCode::FAILURE,
-        ),
+    // A well-formed image refused by the policy still shows what it is.
+    let inspection = format::inspect(&mut src);
+    let verdict = inspection
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|i| policy.check(i).map_err(|e| e.to_string()));
+    let mut summary = json!({});
+    if let Ok(i) = &inspection {
+        summary["format"] = json!(i.format.name());
+        summary["virtual_size"] = json!(i.virtual_size);
+    }
+    let code = match &verdict {
+        Ok(()) => {
+            summary["verdict"] = json!("accepted");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            summary["verdict"] = json!("refused");
+            summary["reason"] = json!(reason);
+            ExitCode::FAILURE
+        }
     };
-    print(output, &summary, || match &verdict {
-        Ok(i) => format!(
-            "{}: {} image, virtual size {}: accepted",
-            file.display(),
-            i.format,
-            i.virtual_size
-                .map_or_else(|| "unknown".to_string(), |s| format!("{s} bytes"))
-        ),
-        Err(e) => format!("{}: refused: {e}", file.display()),
+    print(output, &summary, || {
+        let what = match &inspection {
+            Ok(i) => format!(
+                "{} image, virtual size {}: ",
+                i.format,
+                i.virtual_size
+                    .map_or_else(|| "unknown".to_string(), |s| format!("{s} bytes"))
+            ),
+            Err(_) => String::new(),
+        };
+        match &verdict {
+            Ok(()) => format!("{}: {what}accepted", file.display()),
+            Err(reason) => format!("{}: {what}refused: {reason}", file.display()),
+        }
     });
     Ok(code)
 }
@@ -338,17 +396,16 @@ pub fn configdrive_command(cmd: &ConfigdriveCommand) -> anyhow::Result<ExitCode>
             if let Some(path) = vendor_data {
                 dict.insert("vendor_data".into(), read_json(path)?);
             }
-            if let Some(path) = user_data {
-                let bytes =
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                let text = String::from_utf8(bytes)
-                    .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
-                dict.insert("user_data".into(), Value::String(text));
-            }
             Value::Object(dict)
         }
     };
-    let drive = ConfigDrive::from_ironic_dict(&dict)?;
+    let mut drive = ConfigDrive::from_ironic_dict(&dict)?;
+    // User data is bytes (a gzipped cloud-config, a MIME multipart), written
+    // as it is.
+    if let Some(path) = user_data {
+        drive.user_data =
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
+    }
     let mut image = std::io::Cursor::new(Vec::new());
     match format {
         DriveFormat::Iso => drive.write_iso(&mut image)?,

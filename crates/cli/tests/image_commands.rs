@@ -77,6 +77,23 @@ fn inspect_accepts_and_refuses_with_exit_status() {
     let out = ferric(&["image", "inspect", "--declared-format", "raw", p(&good)]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("refused"), "{}", text(&out));
+
+    // Refused by the policy, not for what it is: the format is still shown.
+    let out = ferric(&[
+        "--format",
+        "json",
+        "image",
+        "inspect",
+        "--permitted",
+        "raw",
+        p(&good),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["format"], "qcow2");
+    assert_eq!(json["virtual_size"], 67108864);
+    assert_eq!(json["verdict"], "refused");
+    assert!(json["reason"].as_str().unwrap().contains("qcow2"), "{json}");
 }
 
 #[test]
@@ -106,6 +123,38 @@ fn convert_and_bmap() {
     );
     let sum = tool("sha256sum", &[p(&qcow2)]);
     let sum = sum.split_whitespace().next().unwrap();
+
+    // A checksum file: the image's own line is picked, whatever else it holds.
+    let sums = dir.path().join("SHA256SUMS");
+    fs::write(
+        &sums,
+        format!("{}  other.qcow2\n{sum}  disk.qcow2\n", "1".repeat(64)),
+    )
+    .unwrap();
+    let sums_url = format!("file://{}", p(&sums));
+    let out = ferric(&[
+        "image",
+        "convert",
+        "--checksum",
+        &sums_url,
+        p(&qcow2),
+        p(&out_raw),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("checksum verified"), "{}", text(&out));
+    fs::remove_file(&out_raw).unwrap();
+    fs::write(&sums, format!("{sum}  other.qcow2\n")).unwrap();
+    let out = ferric(&[
+        "image",
+        "convert",
+        "--checksum",
+        &sums_url,
+        p(&qcow2),
+        p(&out_raw),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("disk.qcow2"), "{}", text(&out));
+    assert!(!out_raw.exists());
 
     // A wrong checksum converts nothing and leaves no output file.
     let wrong = "0".repeat(64);
@@ -188,6 +237,25 @@ fn configdrive_build_from_files_and_from_ironic_json() {
         r#"{"uuid": "0b3c9c1e-5a4d-4f6e-9a1b-2c3d4e5f6a7b", "hostname": "n1"}"#,
     )
     .unwrap();
+    // User data need not be text: a gzipped cloud-config goes in as it is.
+    let gzipped = [0x1f, 0x8b, 0x08, 0x00, 0xff, 0xfe, 0x00, 0x01];
+    fs::write(&user, gzipped).unwrap();
+    let out = ferric(&[
+        "configdrive",
+        "build",
+        "--meta-data",
+        p(&meta),
+        "--user-data",
+        p(&user),
+        "-o",
+        p(&iso),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let data = Command::new("isoinfo")
+        .args(["-R", "-i", p(&iso), "-x", "/openstack/latest/user_data"])
+        .output()
+        .unwrap();
+    assert_eq!(data.stdout, gzipped);
     fs::write(&user, "#cloud-config\nruncmd: [echo hi]\n").unwrap();
 
     let out = ferric(&[
