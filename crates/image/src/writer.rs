@@ -461,6 +461,13 @@ impl DiskWriter {
         }
     }
 
+    /// Makes the write durable. On a block device, fsync writes the kernel's
+    /// dirty pages and then sends the device a cache flush (a FLUSH CACHE or
+    /// an NVMe Flush), so the data is on stable media, not in the disk's
+    /// volatile cache; O_DIRECT writes bypass only the kernel's cache.
+    /// BLKFLSBUF then drops the kernel's cached pages of the device, so that
+    /// what is read next (the partition table, by the kernel or by
+    /// configuration steps) comes from the disk.
     fn sync(&mut self) -> Result<()> {
         self.file.sync_all().context("syncing the target")?;
         if self.block_device {
