@@ -2,8 +2,10 @@
 //!
 //! [`Qcow2::open`] parses the header and refuses what must never be followed
 //! (backing files, external data files, encryption) and what it does not
-//! know (unknown incompatible features). [`Qcow2::convert`] walks the L1 and
-//! L2 tables in guest order and hands the guest image to a [`BlockSink`]:
+//! know (unknown incompatible features). [`Qcow2::convert`] first checks
+//! every L1 and L2 entry ([`Qcow2::check_tables`]), so that a truncated or
+//! corrupt image is refused before anything reaches the sink, then walks the
+//! tables again in guest order and hands the guest image to a [`BlockSink`]:
 //! data as large writes, unallocated and zero clusters as holes.
 //!
 //! Handled: versions 2 and 3, cluster sizes 512 B to 2 MiB, compressed
@@ -11,6 +13,11 @@
 //! extended L2 entries (subclusters). Memory stays bounded: one L2 table, one
 //! output run of a few MiB and one compressed read-ahead window at a time,
 //! plus an L1 table capped at QEMU's own limit of 32 MiB.
+//!
+//! What the tables cannot show is found only when the data is read: a
+//! compressed cluster that does not decompress, or a read that fails. Those
+//! errors come after earlier clusters reached the sink; the caller abandons
+//! the output (the disk writer wipes what it started).
 //!
 //! Speed: host-contiguous data clusters are read with one large read, and
 //! runs of compressed clusters are read together and decompressed on a few
@@ -333,11 +340,22 @@ impl<R: Read + Seek> Qcow2<R> {
         self.source.reader
     }
 
+    /// Checks every L1 and L2 entry that maps the guest image, as
+    /// [`Qcow2::convert`] reads them: L2 tables and data clusters aligned and
+    /// inside the file, compressed data starting inside the file, zero
+    /// clusters only in version 3, subcluster bitmaps consistent. Reads the
+    /// tables only, one L2 table at a time, never the data.
+    pub fn check_tables(&mut self) -> Result<()> {
+        let l1 = self.read_l1()?;
+        self.check_l2_tables(&l1)
+    }
+
     /// Writes the guest image to `sink` in ascending order: data ranges
     /// through `write_at` (adjacent data clusters coalesced into writes of up
     /// to 4 MiB), unallocated and zero clusters through `hole`; then
-    /// `finish(virtual_size)`. Refuses (`Error::TooLarge`) before writing
-    /// anything when the virtual size is larger than `max_size`.
+    /// `finish(virtual_size)`. Refuses before writing anything when the
+    /// virtual size is larger than `max_size` (`Error::TooLarge`) or when a
+    /// table entry is corrupt (`Error::Corrupt`, see [`Qcow2::check_tables`]).
     pub fn convert<S: BlockSink>(&mut self, sink: &mut S, max_size: u64) -> Result<ConvertReport> {
         let virtual_size = self.virtual_size;
         if virtual_size > max_size {
@@ -345,15 +363,14 @@ impl<R: Read + Seek> Qcow2<R> {
                 "qcow2 virtual size is {virtual_size} bytes, more than the {max_size} bytes allowed"
             )));
         }
+        let l1 = self.read_l1()?;
+        // The tables are a small part of the file (a 64 KiB L2 table maps
+        // 512 MiB): reading them twice costs little, and the sink sees
+        // nothing of an image whose tables are corrupt.
+        self.check_l2_tables(&l1)?;
+
         let cluster_size = self.cluster_size();
-        let entry_bytes: usize = if self.extended_l2 { 16 } else { 8 };
-        let l1_span = cluster_size * (cluster_size / entry_bytes as u64);
-
-        // Bounded by MAX_L1_BYTES, checked in open().
-        let mut l1 = vec![0u8; (self.l1_needed * 8) as usize];
-        self.source
-            .read_at(self.l1_offset, &mut l1, "the qcow2 L1 table")?;
-
+        let l1_span = self.l1_span();
         let mut l2 = vec![0u8; cluster_size as usize];
         let mut l2_cached: Option<u64> = None;
         let mut window = ReadWindow::default();
@@ -369,25 +386,11 @@ impl<R: Read + Seek> Qcow2<R> {
             let span_start = l1_index * l1_span;
             let span_end = (span_start + l1_span).min(virtual_size);
             let l1_entry = be64(&l1, (l1_index * 8) as usize);
-            let l2_offset = l1_entry & OFFSET_MASK;
-            if l2_offset == 0 {
+            let Some(l2_offset) = self.l2_table(l1_entry, span_start)? else {
                 self.flush_compressed(&mut batch, sink, &mut out, &mut window, &mut decompressed)?;
                 out.hole(sink, &mut self.source, span_start, span_end - span_start)?;
                 continue;
-            }
-            if !l2_offset.is_multiple_of(cluster_size) {
-                return Err(Error::Corrupt(format!(
-                    "qcow2 L1 entry for guest offset {span_start:#x} points to an L2 table at \
-                     {l2_offset:#x}, which is not aligned to a cluster"
-                )));
-            }
-            if l2_offset + cluster_size > self.source.len {
-                return Err(Error::Corrupt(format!(
-                    "qcow2 L1 entry for guest offset {span_start:#x} points to an L2 table at \
-                     {l2_offset:#x}, past the end of the file ({} bytes)",
-                    self.source.len
-                )));
-            }
+            };
             if l2_cached != Some(l2_offset) {
                 self.source
                     .read_at(l2_offset, &mut l2, "a qcow2 L2 table")?;
@@ -398,49 +401,37 @@ impl<R: Read + Seek> Qcow2<R> {
             for index in 0..clusters {
                 let guest = span_start + index as u64 * cluster_size;
                 let len = cluster_size.min(virtual_size - guest);
-                let entry = be64(&l2, index * entry_bytes);
-                if entry & L2_COMPRESSED != 0 {
-                    batch.push(self.compressed_job(entry, guest, len)?);
-                    if batch.len() >= batch_limit {
-                        self.flush_compressed(
-                            &mut batch,
-                            sink,
-                            &mut out,
-                            &mut window,
-                            &mut decompressed,
-                        )?;
-                    }
-                    continue;
-                }
-                self.flush_compressed(&mut batch, sink, &mut out, &mut window, &mut decompressed)?;
-                let host = entry & OFFSET_MASK;
-                if !host.is_multiple_of(cluster_size) {
-                    return Err(Error::Corrupt(format!(
-                        "qcow2 L2 entry for guest offset {guest:#x} points to host offset \
-                         {host:#x}, which is not aligned to a cluster"
-                    )));
-                }
-                if self.extended_l2 {
-                    let bitmap = be64(&l2, index * entry_bytes + 8);
-                    self.subclusters(sink, &mut out, guest, len, host, bitmap)?;
-                } else if entry & L2_ZERO != 0 {
-                    if self.version == 2 {
-                        return Err(Error::Corrupt(format!(
-                            "qcow2 version 2 image has a zero cluster at guest offset {guest:#x}; \
-                             zero clusters exist only in version 3"
-                        )));
-                    }
-                    out.hole(sink, &mut self.source, guest, len)?;
-                } else if host == 0 {
-                    out.hole(sink, &mut self.source, guest, len)?;
-                } else {
-                    self.check_in_file(guest, host, len)?;
-                    out.data(
+                let cluster = self.cluster(&l2, index, guest, len)?;
+                if !matches!(cluster, Cluster::Compressed(_)) {
+                    self.flush_compressed(
+                        &mut batch,
                         sink,
-                        &mut self.source,
-                        guest,
-                        Piece::Host { offset: host, len },
+                        &mut out,
+                        &mut window,
+                        &mut decompressed,
                     )?;
+                }
+                match cluster {
+                    Cluster::Compressed(job) => {
+                        batch.push(job);
+                        if batch.len() >= batch_limit {
+                            self.flush_compressed(
+                                &mut batch,
+                                sink,
+                                &mut out,
+                                &mut window,
+                                &mut decompressed,
+                            )?;
+                        }
+                    }
+                    Cluster::Hole => out.hole(sink, &mut self.source, guest, len)?,
+                    Cluster::Data { host } => {
+                        let piece = Piece::Host { offset: host, len };
+                        out.data(sink, &mut self.source, guest, piece)?;
+                    }
+                    Cluster::Subclusters { host, allocated } => {
+                        self.subclusters(sink, &mut out, guest, len, host, allocated)?;
+                    }
                 }
             }
         }
@@ -448,17 +439,123 @@ impl<R: Read + Seek> Qcow2<R> {
         out.finish(sink, &mut self.source, virtual_size)
     }
 
-    /// One standard cluster of an image with extended L2 entries: 32
+    /// Bytes of an L2 entry: 16 with subcluster bitmaps, else 8.
+    fn l2_entry_bytes(&self) -> usize {
+        if self.extended_l2 {
+            16
+        } else {
+            8
+        }
+    }
+
+    /// Guest bytes one L1 entry (one L2 table) maps.
+    fn l1_span(&self) -> u64 {
+        let cluster_size = self.cluster_size();
+        cluster_size * (cluster_size / self.l2_entry_bytes() as u64)
+    }
+
+    /// The L1 entries that map the guest image.
+    fn read_l1(&mut self) -> Result<Vec<u8>> {
+        // Bounded by MAX_L1_BYTES, checked in open().
+        let mut l1 = vec![0u8; (self.l1_needed * 8) as usize];
+        self.source
+            .read_at(self.l1_offset, &mut l1, "the qcow2 L1 table")?;
+        Ok(l1)
+    }
+
+    /// Reads every L2 table the L1 entries point to, one at a time, and
+    /// checks each entry that maps the guest image.
+    fn check_l2_tables(&mut self, l1: &[u8]) -> Result<()> {
+        let cluster_size = self.cluster_size();
+        let l1_span = self.l1_span();
+        let mut l2 = vec![0u8; cluster_size as usize];
+        let mut l2_read: Option<u64> = None;
+        for l1_index in 0..self.l1_needed {
+            let span_start = l1_index * l1_span;
+            let span_end = (span_start + l1_span).min(self.virtual_size);
+            let l1_entry = be64(l1, (l1_index * 8) as usize);
+            let Some(l2_offset) = self.l2_table(l1_entry, span_start)? else {
+                continue;
+            };
+            if l2_read != Some(l2_offset) {
+                self.source
+                    .read_at(l2_offset, &mut l2, "a qcow2 L2 table")?;
+                l2_read = Some(l2_offset);
+            }
+            let clusters = (span_end - span_start).div_ceil(cluster_size) as usize;
+            for index in 0..clusters {
+                let guest = span_start + index as u64 * cluster_size;
+                let len = cluster_size.min(self.virtual_size - guest);
+                self.cluster(&l2, index, guest, len)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the L2 table of an L1 entry is, checked to be aligned and inside
+    /// the file; None when the entry maps nothing.
+    fn l2_table(&self, l1_entry: u64, span_start: u64) -> Result<Option<u64>> {
+        let cluster_size = self.cluster_size();
+        let l2_offset = l1_entry & OFFSET_MASK;
+        if l2_offset == 0 {
+            return Ok(None);
+        }
+        if !l2_offset.is_multiple_of(cluster_size) {
+            return Err(Error::Corrupt(format!(
+                "qcow2 L1 entry for guest offset {span_start:#x} points to an L2 table at \
+                 {l2_offset:#x}, which is not aligned to a cluster"
+            )));
+        }
+        if l2_offset + cluster_size > self.source.len {
+            return Err(Error::Corrupt(format!(
+                "qcow2 L1 entry for guest offset {span_start:#x} points to an L2 table at \
+                 {l2_offset:#x}, past the end of the file ({} bytes)",
+                self.source.len
+            )));
+        }
+        Ok(Some(l2_offset))
+    }
+
+    /// Reads entry `index` of an L2 table, which maps `len` guest bytes at
+    /// `guest`, and checks it against the file.
+    fn cluster(&self, l2: &[u8], index: usize, guest: u64, len: u64) -> Result<Cluster> {
+        let entry_bytes = self.l2_entry_bytes();
+        let entry = be64(l2, index * entry_bytes);
+        if entry & L2_COMPRESSED != 0 {
+            return self
+                .compressed_job(entry, guest, len)
+                .map(Cluster::Compressed);
+        }
+        let host = entry & OFFSET_MASK;
+        if !host.is_multiple_of(self.cluster_size()) {
+            return Err(Error::Corrupt(format!(
+                "qcow2 L2 entry for guest offset {guest:#x} points to host offset \
+                 {host:#x}, which is not aligned to a cluster"
+            )));
+        }
+        if self.extended_l2 {
+            let bitmap = be64(l2, index * entry_bytes + 8);
+            return self.subcluster_cluster(guest, len, host, bitmap);
+        }
+        if entry & L2_ZERO != 0 {
+            if self.version == 2 {
+                return Err(Error::Corrupt(format!(
+                    "qcow2 version 2 image has a zero cluster at guest offset {guest:#x}; \
+                     zero clusters exist only in version 3"
+                )));
+            }
+            return Ok(Cluster::Hole);
+        }
+        if host == 0 {
+            return Ok(Cluster::Hole);
+        }
+        self.check_in_file(guest, host, len)?;
+        Ok(Cluster::Data { host })
+    }
+
+    /// A standard cluster of an image with extended L2 entries: 32
     /// subclusters, each allocated, zero or unallocated.
-    fn subclusters<S: BlockSink>(
-        &mut self,
-        sink: &mut S,
-        out: &mut Output,
-        guest: u64,
-        len: u64,
-        host: u64,
-        bitmap: u64,
-    ) -> Result<()> {
+    fn subcluster_cluster(&self, guest: u64, len: u64, host: u64, bitmap: u64) -> Result<Cluster> {
         let allocated = bitmap as u32;
         let zero = (bitmap >> 32) as u32;
         if allocated & zero != 0 {
@@ -468,7 +565,7 @@ impl<R: Read + Seek> Qcow2<R> {
             )));
         }
         if allocated == 0 {
-            return out.hole(sink, &mut self.source, guest, len);
+            return Ok(Cluster::Hole);
         }
         if host == 0 {
             return Err(Error::Corrupt(format!(
@@ -476,16 +573,35 @@ impl<R: Read + Seek> Qcow2<R> {
                  host offset"
             )));
         }
-        let sub_size = self.cluster_size() / SUBCLUSTERS;
         if allocated == u32::MAX {
             self.check_in_file(guest, host, len)?;
-            return out.data(
-                sink,
-                &mut self.source,
-                guest,
-                Piece::Host { offset: host, len },
-            );
+            return Ok(Cluster::Data { host });
         }
+        let sub_size = self.cluster_size() / SUBCLUSTERS;
+        for sub in 0..SUBCLUSTERS {
+            let start = sub * sub_size;
+            if start >= len {
+                break;
+            }
+            if allocated & (1 << sub) != 0 {
+                self.check_in_file(guest + start, host + start, sub_size.min(len - start))?;
+            }
+        }
+        Ok(Cluster::Subclusters { host, allocated })
+    }
+
+    /// Hands a partly allocated cluster to `out`, subcluster by subcluster;
+    /// checked by [`Qcow2::subcluster_cluster`].
+    fn subclusters<S: BlockSink>(
+        &mut self,
+        sink: &mut S,
+        out: &mut Output,
+        guest: u64,
+        len: u64,
+        host: u64,
+        allocated: u32,
+    ) -> Result<()> {
+        let sub_size = self.cluster_size() / SUBCLUSTERS;
         for sub in 0..SUBCLUSTERS {
             let start = sub * sub_size;
             if start >= len {
@@ -493,7 +609,6 @@ impl<R: Read + Seek> Qcow2<R> {
             }
             let sub_len = sub_size.min(len - start);
             if allocated & (1 << sub) != 0 {
-                self.check_in_file(guest + start, host + start, sub_len)?;
                 let piece = Piece::Host {
                     offset: host + start,
                     len: sub_len,
@@ -623,6 +738,19 @@ impl<R: Read + Seek> Qcow2<R> {
         batch.clear();
         Ok(())
     }
+}
+
+/// What an L2 entry says about one guest cluster, checked against the file.
+enum Cluster {
+    /// Reads as zeros: unallocated, or a zero cluster.
+    Hole,
+    /// Stored as is at `host`.
+    Data { host: u64 },
+    /// Stored compressed.
+    Compressed(CompressedJob),
+    /// Extended L2 entry with some of its 32 subclusters allocated (bit n of
+    /// `allocated` for subcluster n), the others holes.
+    Subclusters { host: u64, allocated: u32 },
 }
 
 /// A compressed guest cluster and where its data lies in the file.

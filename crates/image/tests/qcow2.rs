@@ -485,11 +485,29 @@ fn open_and_convert(path: &Path, max_size: u64) -> (Result<ConvertReport>, VecSi
     (result, sink)
 }
 
+/// The sink received no call at all: no data, no hole, no finish.
+#[track_caller]
+fn assert_sink_untouched(sink: &VecSink) {
+    assert!(
+        sink.data.is_empty() && sink.holes.is_empty() && !sink.finished,
+        "the sink received {} bytes of data, holes {:?}, finished: {}",
+        sink.data.len(),
+        sink.holes,
+        sink.finished
+    );
+}
+
+/// The corrupt-image error of a conversion, which must have reached the
+/// sink before anything was written.
+#[track_caller]
 fn corrupt_message(path: &Path) -> String {
-    match open_and_convert(path, u64::MAX).0 {
+    let (result, sink) = open_and_convert(path, u64::MAX);
+    let message = match result {
         Err(Error::Corrupt(message)) => message,
         other => panic!("expected a corrupt-image error, got {other:?}"),
-    }
+    };
+    assert_sink_untouched(&sink);
+    message
 }
 
 #[test]
@@ -530,6 +548,21 @@ fn truncated_images_are_corrupt() {
         "{message}"
     );
 
+    // Late in the data, after the first 3 MiB would have been written.
+    let cut_late = dir.path().join("cut-late.qcow2");
+    fs::copy(&image, &cut_late).expect("copy");
+    OpenOptions::new()
+        .write(true)
+        .open(&cut_late)
+        .expect("open")
+        .set_len(len - len / 4)
+        .expect("truncate");
+    let message = corrupt_message(&cut_late);
+    assert!(
+        message.contains("guest offset") && message.contains("past the end"),
+        "{message}"
+    );
+
     // Inside the header.
     let cut_header = dir.path().join("cut-header.qcow2");
     fs::copy(&image, &cut_header).expect("copy");
@@ -554,6 +587,138 @@ fn l2_entry_past_the_end_is_corrupt_and_names_the_guest_offset() {
     let message = corrupt_message(&image);
     assert!(message.contains("guest offset 0x30000"), "{message}");
     assert!(message.contains("past the end of the file"), "{message}");
+}
+
+/// A copy of `image` with the big-endian `value` at `offset`.
+fn patched(image: &Path, name: &str, offset: u64, value: u64) -> PathBuf {
+    let path = image.with_file_name(name);
+    fs::copy(image, &path).expect("copy");
+    write_be64(&path, offset, value);
+    path
+}
+
+/// Four L2 tables (4 KiB clusters, 2 MiB each) and data in the first three:
+/// a bad entry in the last table used to be found only after 6 MiB had
+/// reached the sink.
+#[test]
+fn bad_entry_in_the_last_l2_table_is_refused_before_any_write() {
+    const COPIED: u64 = 1 << 63;
+    let dir = TempDir::new().expect("tempdir");
+    let image = make_image(dir.path(), "last", "cluster_size=4096");
+    let len = fs::metadata(&image).expect("meta").len();
+    let (result, sink) = open_and_convert(&image, u64::MAX);
+    result.expect("the unpatched image converts");
+    assert!(
+        sink.data[..3 * MIB as usize].iter().any(|&b| b != 0),
+        "no data before the last L2 table"
+    );
+
+    let last_l1 = l1_offset(&image) + 3 * 8;
+    let l2_last = read_be64(&image, last_l1) & 0x00ff_ffff_ffff_fe00;
+    assert!(l2_last != 0);
+    // Guest 6 MiB, the first entry of the last table, is data (text).
+    let entry = read_be64(&image, l2_last);
+    assert!(entry & 0x00ff_ffff_ffff_fe00 != 0, "{entry:#x}");
+    let past_end = (len / 4096 + 16) * 4096;
+
+    let data_past_end = patched(&image, "data.qcow2", l2_last, past_end | COPIED);
+    let message = corrupt_message(&data_past_end);
+    assert!(
+        message.contains("guest offset 0x600000") && message.contains("past the end of the file"),
+        "{message}"
+    );
+
+    let second = read_be64(&image, l2_last + 8);
+    let unaligned = patched(&image, "unaligned.qcow2", l2_last + 8, second + 512);
+    let message = corrupt_message(&unaligned);
+    assert!(
+        message.contains("guest offset 0x601000") && message.contains("not aligned"),
+        "{message}"
+    );
+
+    // Compressed, with its data past the end: bit 62, the offset below bit
+    // 62 - (12 - 8) = 58.
+    let compressed = patched(&image, "compressed.qcow2", l2_last, 1 << 62 | past_end);
+    let message = corrupt_message(&compressed);
+    assert!(
+        message.contains("compressed data") && message.contains("past the end of the file"),
+        "{message}"
+    );
+
+    let table_past_end = patched(&image, "table.qcow2", last_l1, past_end | COPIED);
+    let message = corrupt_message(&table_past_end);
+    assert!(
+        message.contains("guest offset 0x600000") && message.contains("L2 table"),
+        "{message}"
+    );
+
+    // A zero cluster in a version 2 image.
+    let v2 = make_image(dir.path(), "last-v2", "compat=0.10,cluster_size=4096");
+    let v2_l2_last = read_be64(&v2, l1_offset(&v2) + 3 * 8) & 0x00ff_ffff_ffff_fe00;
+    let v2_entry = read_be64(&v2, v2_l2_last + 8);
+    let zero = patched(&v2, "zero-v2.qcow2", v2_l2_last + 8, v2_entry | 1);
+    let message = corrupt_message(&zero);
+    assert!(
+        message.contains("guest offset 0x601000") && message.contains("version 3"),
+        "{message}"
+    );
+}
+
+/// Extended L2 entries (16 KiB clusters, 16 MiB per L2 table): bad
+/// subcluster bitmaps and offsets in the third table, data in the first.
+#[test]
+fn bad_subclusters_in_a_later_l2_table_are_refused_before_any_write() {
+    let dir = TempDir::new().expect("tempdir");
+    let image = dir.path().join("ext.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=16384,extended_l2=on",
+            path_str(&image),
+            "40M",
+        ],
+    );
+    qemu_io(
+        &image,
+        &[
+            "write -P 0x61 0 1M",
+            "write -P 0x62 33M 64k",
+            "write -P 0x63 34M 4k",
+        ],
+    );
+    let len = fs::metadata(&image).expect("meta").len();
+    let (result, sink) = open_and_convert(&image, u64::MAX);
+    result.expect("the unpatched image converts");
+    assert!(sink.data[..MIB as usize].iter().all(|&b| b == 0x61));
+
+    let l2 = read_be64(&image, l1_offset(&image) + 2 * 8) & 0x00ff_ffff_ffff_fe00;
+    assert!(l2 != 0);
+    // 16-byte entries: the offset, then the bitmap (allocated in the low
+    // half, zero in the high half).
+    let full = l2 + ((33 * MIB - 32 * MIB) / (16 * KIB)) * 16;
+    assert_eq!(read_be64(&image, full + 8), 0xffff_ffff);
+    let both = patched(&image, "both.qcow2", full + 8, u64::MAX);
+    let message = corrupt_message(&both);
+    assert!(
+        message.contains("guest offset 0x2100000") && message.contains("both allocated and zero"),
+        "{message}"
+    );
+
+    // 4 KiB at 34 MiB: the first 8 of 32 subclusters allocated.
+    let partial = l2 + ((34 * MIB - 32 * MIB) / (16 * KIB)) * 16;
+    assert_eq!(read_be64(&image, partial + 8), 0xff);
+    let past_end = (len / (16 * KIB) + 16) * 16 * KIB;
+    let moved = patched(&image, "moved.qcow2", partial, past_end | 1 << 63);
+    let message = corrupt_message(&moved);
+    assert!(
+        message.contains("guest offset 0x2200000") && message.contains("past the end of the file"),
+        "{message}"
+    );
 }
 
 #[test]
