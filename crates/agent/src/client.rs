@@ -71,6 +71,9 @@ pub struct LookupResult {
     pub token: Option<String>,
     /// How long the conductor waits between heartbeats before it gives up.
     pub heartbeat_timeout: Duration,
+    /// Whether the conductor accepts md5 image checksums
+    /// (`agent_md5_checksum_enable`), when it says.
+    pub md5_enabled: Option<bool>,
 }
 
 /// A heartbeat's body.
@@ -231,6 +234,7 @@ fn parse_lookup(body: &Value) -> Result<LookupResult, ClientError> {
         node_uuid,
         token,
         heartbeat_timeout,
+        md5_enabled: config["agent_md5_checksum_enable"].as_bool(),
     })
 }
 
@@ -254,6 +258,12 @@ mod tests {
         assert_eq!(found.node_uuid, "u1");
         assert_eq!(found.token.as_deref(), Some("t"));
         assert_eq!(found.heartbeat_timeout, Duration::from_secs(60));
+        assert_eq!(found.md5_enabled, None);
+        let md5 = parse_lookup(
+            &json!({"node": {"uuid": "u1"}, "config": {"agent_md5_checksum_enable": true}}),
+        )
+        .unwrap();
+        assert_eq!(md5.md5_enabled, Some(true));
         let masked =
             parse_lookup(&json!({"node": {"uuid": "u1"}, "config": {"agent_token": "******"}}))
                 .unwrap();

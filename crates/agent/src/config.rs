@@ -79,6 +79,9 @@ pub struct AgentConfig {
     /// config file only). Default false: it runs the image's own programs
     /// as root in the agent (CVE-2026-43003).
     pub enable_bios_bootloader_install: bool,
+    /// Accept md5 image checksums in `write_image` (IPA's `md5_enabled`,
+    /// config file only). Default false: md5 collisions are cheap to make.
+    pub md5_enabled: bool,
 }
 
 impl Default for AgentConfig {
@@ -103,6 +106,7 @@ impl Default for AgentConfig {
             lookup_interval: Duration::from_secs(1),
             step_dir: None,
             enable_bios_bootloader_install: false,
+            md5_enabled: false,
         }
     }
 }
@@ -338,6 +342,7 @@ struct CurrentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     step_dir: Option<PathBuf>,
     enable_bios_bootloader_install: bool,
+    md5_enabled: bool,
 }
 
 impl From<&AgentConfig> for CurrentView {
@@ -362,6 +367,7 @@ impl From<&AgentConfig> for CurrentView {
             lookup_interval: c.lookup_interval.as_secs(),
             step_dir: c.step_dir.clone(),
             enable_bios_bootloader_install: c.enable_bios_bootloader_install,
+            md5_enabled: c.md5_enabled,
         }
     }
 }
@@ -404,9 +410,13 @@ mod tests {
             !c.enable_bios_bootloader_install,
             "off unless the operator says so"
         );
+        assert!(!c.md5_enabled, "md5 is refused unless the operator says so");
         std::fs::write(&path, "enable_bios_bootloader_install = true\n").unwrap();
         c.apply_file(&path).unwrap();
         assert!(c.enable_bios_bootloader_install && c.standalone);
+        std::fs::write(&path, "md5_enabled = true\n").unwrap();
+        c.apply_file(&path).unwrap();
+        assert!(c.md5_enabled && c.enable_bios_bootloader_install);
         std::fs::write(&path, "colour = \"red\"\n").unwrap();
         let err = c.apply_file(&path).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");

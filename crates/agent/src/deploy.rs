@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use ferric_image::checksum::{self, Checksum};
+use ferric_image::checksum::{self, Algorithm, Checksum};
 use ferric_image::configdrive;
 use ferric_image::format::{Format, Policy};
 use ferric_image::partition::{self, Partition, PartitionTable};
@@ -45,9 +45,11 @@ pub struct DeployOptions {
     /// Where qcow2 images are spooled before conversion (they need random
     /// access). Must hold the whole qcow2 file. Default `/tmp`.
     pub spool_dir: PathBuf,
-    /// Accept md5 checksums (Ironic's `agent_md5_checksum_enable`).
-    /// Default false.
+    /// Accept md5 checksums: the agent config's `md5_enabled` (IPA's).
+    /// Default false. The conductor's word, when it gave one, wins.
     pub allow_md5: bool,
+    /// What the conductor's lookup said of md5 (`agent_md5_checksum_enable`).
+    pub conductor_md5: ConductorMd5,
     /// Image formats accepted. Default: Ironic's `permitted_image_formats`
     /// (raw, gpt, qcow2, iso).
     pub permitted_formats: Vec<Format>,
@@ -59,8 +61,45 @@ impl Default for DeployOptions {
         DeployOptions {
             spool_dir: PathBuf::from("/tmp"),
             allow_md5: false,
+            conductor_md5: ConductorMd5::default(),
             permitted_formats: Policy::default().permitted,
             download: DownloadOptions::default(),
+        }
+    }
+}
+
+impl DeployOptions {
+    /// Whether md5 checksums are accepted: as the conductor said at lookup
+    /// (Ironic's `agent_md5_checksum_enable`, IPA follows it), or else as the
+    /// agent's config says.
+    pub fn md5_allowed(&self) -> bool {
+        self.conductor_md5.get().unwrap_or(self.allow_md5)
+    }
+}
+
+/// The conductor's setting for md5, learnt at lookup, after the command
+/// handler was built: shared by every clone of the options.
+#[derive(Debug, Clone, Default)]
+pub struct ConductorMd5(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl ConductorMd5 {
+    const UNSET: u8 = 0;
+    const REFUSED: u8 = 1;
+    const ALLOWED: u8 = 2;
+
+    pub fn set(&self, allowed: bool) {
+        let value = if allowed {
+            Self::ALLOWED
+        } else {
+            Self::REFUSED
+        };
+        self.0.store(value, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<bool> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            Self::UNSET => None,
+            value => Some(value == Self::ALLOWED),
         }
     }
 }
@@ -164,6 +203,12 @@ pub enum ChecksumSource {
     Value(ferric_image::Error),
     #[error(transparent)]
     File(Box<DownloadError>),
+    #[error(
+        "md5 checksums are disabled: give a sha256 or sha512 checksum (os_hash_algo and \
+         os_hash_value), or allow md5 on the server ([conductor] allow_md5_checksum = true), \
+         or, for an agent without a conductor, md5_enabled = true in its config file"
+    )]
+    Md5Disabled,
 }
 
 /// Where a config drive failed.
@@ -292,19 +337,17 @@ pub fn expected_checksum(
         id: info.id.clone(),
         source,
     };
-    if checksum::is_url(value) {
-        download::fetch_checksum(
-            value.trim(),
-            &info.urls[0],
-            algorithm,
-            options.allow_md5,
-            download,
-        )
-        .map_err(|e| failed(ChecksumSource::File(Box::new(e))))
+    // md5 is parsed here and refused below, with the setting to change.
+    let checksum = if checksum::is_url(value) {
+        download::fetch_checksum(value.trim(), &info.urls[0], algorithm, true, download)
+            .map_err(|e| failed(ChecksumSource::File(Box::new(e))))?
     } else {
-        Checksum::parse(value, algorithm, options.allow_md5)
-            .map_err(|e| failed(ChecksumSource::Value(e)))
+        Checksum::parse(value, algorithm, true).map_err(|e| failed(ChecksumSource::Value(e)))?
+    };
+    if checksum.algorithm == Algorithm::Md5 && !options.md5_allowed() {
+        return Err(failed(ChecksumSource::Md5Disabled));
     }
+    Ok(checksum)
 }
 
 /// Permitted formats and the declared one (`disk_format`; a declared raw
@@ -830,7 +873,19 @@ mod tests {
         assert_eq!(got.hex, sha);
         let md5 = info(json!({"checksum": "b".repeat(32)}));
         let refused = expected_checksum(&md5, &options, &options.download).unwrap_err();
-        assert!(chain(&refused).contains("md5"), "{}", chain(&refused));
+        assert!(
+            chain(&refused).contains("allow_md5_checksum = true"),
+            "{}",
+            chain(&refused)
+        );
+        let algo_md5 = info(json!({"os_hash_algo": "md5", "os_hash_value": "b".repeat(32)}));
+        assert!(matches!(
+            expected_checksum(&algo_md5, &options, &options.download),
+            Err(DeployError::Checksum {
+                source: ChecksumSource::Md5Disabled,
+                ..
+            })
+        ));
         let allowed = DeployOptions {
             allow_md5: true,
             ..DeployOptions::default()

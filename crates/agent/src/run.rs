@@ -4,7 +4,7 @@
 
 use crate::client::{heartbeat_interval, ConductorClient, Heartbeat};
 use crate::config::{AgentConfig, ServeTls};
-use crate::deploy::DeployOptions;
+use crate::deploy::{ConductorMd5, DeployOptions};
 use crate::download::DownloadOptions;
 use crate::inventory::{self, Filter};
 use crate::server::{self, CommandApi};
@@ -65,6 +65,23 @@ pub fn main(config: AgentConfig, options: RunOptions) -> ExitCode {
     }
 }
 
+/// How `write_image` downloads and checks images, as configured.
+pub fn deploy_options(
+    config: &AgentConfig,
+    client_tls: &ClientTls,
+    conductor_md5: ConductorMd5,
+) -> DeployOptions {
+    DeployOptions {
+        allow_md5: config.md5_enabled,
+        conductor_md5,
+        download: DownloadOptions {
+            tls: client_tls.clone(),
+            ..DownloadOptions::default()
+        },
+        ..DeployOptions::default()
+    }
+}
+
 /// Where operator step definitions live unless configured otherwise.
 pub const DEFAULT_STEP_DIR: &str = "/etc/ferric-agent/steps.d";
 
@@ -97,16 +114,13 @@ async fn run(config: AgentConfig, options: RunOptions) -> anyhow::Result<()> {
             "TLS certificates of the conductor and image servers are not verified (ipa-insecure)"
         );
     }
-    let deploy_options = DeployOptions {
-        download: DownloadOptions {
-            tls: client_tls.clone(),
-            ..DownloadOptions::default()
-        },
-        ..DeployOptions::default()
-    };
+    if config.md5_enabled {
+        tracing::warn!("md5 image checksums are accepted (md5_enabled)");
+    }
+    let conductor_md5 = ConductorMd5::default();
     let handler = StandardHandler::new(disks)
         .with_step_dir(step_dir)?
-        .with_deploy_options(deploy_options)
+        .with_deploy_options(deploy_options(&config, &client_tls, conductor_md5.clone()))
         .with_power(if options.no_power {
             crate::system::Power::default()
         } else {
@@ -162,7 +176,13 @@ async fn run(config: AgentConfig, options: RunOptions) -> anyhow::Result<()> {
             verify_ca: identity.map(|i| i.certificate_pem),
         };
         let lifecycle = tokio::spawn(lookup_and_heartbeat(
-            conductor, api, config, options, callback, sys_root,
+            conductor,
+            api,
+            config,
+            options,
+            callback,
+            sys_root,
+            conductor_md5,
         ));
         tokio::select! {
             done = lifecycle => done??,
@@ -255,6 +275,7 @@ async fn lookup_and_heartbeat(
     options: RunOptions,
     callback: Callback,
     sys_root: PathBuf,
+    conductor_md5: ConductorMd5,
 ) -> anyhow::Result<()> {
     let macs = if options.macs.is_empty() {
         let root = sys_root.clone();
@@ -265,7 +286,7 @@ async fn lookup_and_heartbeat(
     // The conductor forgets the token when an operation ends; an agent that
     // stays up (as in fast track) looks itself up again for the next one.
     loop {
-        serve_one_operation(&conductor, &api, &config, &macs, &callback).await?;
+        serve_one_operation(&conductor, &api, &config, &macs, &callback, &conductor_md5).await?;
         if api.is_locked_down() {
             // The machine powers off; until then the agent stays silent.
             tracing::info!("locked down: no more lookups or heartbeats");
@@ -283,11 +304,18 @@ async fn serve_one_operation(
     config: &AgentConfig,
     macs: &[String],
     callback: &Callback,
+    conductor_md5: &ConductorMd5,
 ) -> anyhow::Result<()> {
     tracing::info!(macs = ?macs, "looking up this machine");
     let found = conductor
         .lookup_until_found(macs, None, config.lookup_timeout, config.lookup_interval)
         .await?;
+    if let Some(allowed) = found.md5_enabled {
+        if allowed && !conductor_md5.get().unwrap_or(false) {
+            tracing::warn!("the conductor accepts md5 image checksums (agent_md5_checksum_enable)");
+        }
+        conductor_md5.set(allowed);
+    }
     let token = found
         .token
         .clone()

@@ -81,7 +81,7 @@ pub async fn lookup(
             "heartbeat_timeout": timeout,
             "agent_token": answer.token,
             "agent_token_required": true,
-            "agent_md5_checksum_enable": false,
+            "agent_md5_checksum_enable": state.conductor.config().allow_md5_checksum,
             "disable_deep_image_inspection": false,
             "permitted_image_formats": PERMITTED_IMAGE_FORMATS,
             "agent_skip_bmc_detect": false,

@@ -762,6 +762,8 @@ async fn ramdisk_lookup_and_heartbeat() {
         .to_string();
     assert!(token.len() >= 32 && token != "******", "{token}");
     assert_eq!(first.body["config"]["agent_token_required"], true);
+    // md5 as the server's [conductor] allow_md5_checksum says: off here.
+    assert_eq!(first.body["config"]["agent_md5_checksum_enable"], false);
     assert_eq!(
         first.body["node"]["driver_internal_info"]["agent_secret_token"],
         "******"

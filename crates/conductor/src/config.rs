@@ -68,6 +68,10 @@ pub struct ConductorConfig {
     /// the check and /dev, /sys, /proc, /boot, /etc, /run are always
     /// refused. Default: none (file:// refused).
     pub file_url_allowed_paths: Vec<PathBuf>,
+    /// Accept md5 image checksums where this server verifies images, in the
+    /// image cache of "local" (Ironic's `[agent]allow_md5_checksum`).
+    /// Default: false, as in Ironic: md5 collisions are cheap to make.
+    pub allow_md5_checksum: bool,
     /// Directory of the image cache; created on first use. Default:
     /// "image-cache" in the working directory. Its "vmedia" directory
     /// holds the ISOs of virtual media boots.
@@ -129,6 +133,7 @@ impl Default for ConductorConfig {
             image_url_base: None,
             image_cache_dir: PathBuf::from("image-cache"),
             file_url_allowed_paths: Vec::new(),
+            allow_md5_checksum: false,
             image_cache_size_mib: 20480,
             image_cache_ttl: Duration::from_secs(7 * 24 * 3600),
             ipmi: IpmiOptions::default(),
@@ -155,6 +160,7 @@ impl ConductorConfig {
         cache.max_size = self.image_cache_size_mib.saturating_mul(1 << 20);
         cache.ttl = self.image_cache_ttl;
         cache.file_url_allowed_paths = self.file_url_allowed_paths.clone();
+        cache.allow_md5_checksum = self.allow_md5_checksum;
         // A lease outlives the longest wait for the agent.
         cache.lease_ttl = self.deploy_callback_timeout.saturating_mul(2);
         let cache = ImageCache::new(cache).map_err(|e| e.to_string())?;
@@ -195,4 +201,25 @@ fn default_hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn md5_reaches_the_image_cache_only_when_allowed() {
+        let cache_of = |config: &ConductorConfig| {
+            let options = config.direct_options().unwrap();
+            options.image_cache.unwrap().config().allow_md5_checksum
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ConductorConfig {
+            image_cache_dir: dir.path().join("cache"),
+            ..ConductorConfig::default()
+        };
+        assert!(!cache_of(&config), "refused by default");
+        config.allow_md5_checksum = true;
+        assert!(cache_of(&config));
+    }
 }

@@ -229,11 +229,22 @@ impl DirectDeploy {
             })?),
             None => None,
         };
-        // The server verifies the download: md5 is refused, as the agent's
-        // lookup says (agent_md5_checksum_enable is off).
+        // The server verifies the download; the cache refuses md5 unless
+        // the operator allowed it, with the setting to change.
         if !ferric_image::checksum::is_url(checksum) {
-            ferric_image::checksum::Checksum::parse(checksum, algorithm, false)
+            let parsed = ferric_image::checksum::Checksum::parse(checksum, algorithm, true)
                 .map_err(|e| DriverError::InvalidParameter(format!("image checksum: {e}")))?;
+            let md5_allowed = self
+                .options
+                .image_cache
+                .as_ref()
+                .is_some_and(|cache| cache.config().allow_md5_checksum);
+            if parsed.algorithm == ferric_image::checksum::Algorithm::Md5 && !md5_allowed {
+                return Err(DriverError::InvalidParameter(format!(
+                    "image checksum: {}",
+                    image_cache::MD5_DISABLED
+                )));
+            }
         }
         Ok(ImageRequest {
             url: source.to_string(),
@@ -829,15 +840,27 @@ mod tests {
         n.instance_info
             .insert(DOWNLOAD_SOURCE_KEY.into(), json!("local"));
         assert_eq!(deploy.validate(&n), Ok(()));
-        // md5 cannot be verified on the server (agent_md5_checksum_enable
-        // is off), nor can local work without a URL for agents or a cache.
+        // md5 is verified on the server only if the operator allows it;
+        // local cannot work without a URL for agents or a cache.
         let mut md5 = n.clone();
         md5.instance_info
             .insert("image_os_hash_algo".into(), json!("md5"));
-        assert!(matches!(
-            deploy.validate(&md5),
-            Err(DriverError::InvalidParameter(_))
-        ));
+        md5.instance_info
+            .insert("image_os_hash_value".into(), json!("b".repeat(32)));
+        match deploy.validate(&md5) {
+            Err(DriverError::InvalidParameter(m)) => {
+                assert!(m.contains("allow_md5_checksum = true"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut config = CacheConfig::new(std::env::temp_dir().join("ferric-direct-test-unused"));
+        config.allow_md5_checksum = true;
+        let lenient = direct(DirectOptions {
+            image_url_base: Some("http://192.0.2.1:6385".into()),
+            image_cache: Some(ImageCache::new(config).unwrap()),
+            ..DirectOptions::default()
+        });
+        assert_eq!(lenient.validate(&md5), Ok(()));
         match direct(local_options(None)).validate(&n) {
             Err(DriverError::InvalidParameter(m)) => assert!(m.contains("image_url_base"), "{m}"),
             other => panic!("{other:?}"),

@@ -18,13 +18,17 @@
 //!   are never evicted. Others go when unused for longer than the TTL, then,
 //!   least recently used first, while the cache is over its size limit
 //!   (counted in allocated bytes, leased entries included, as Ironic does).
-//! - md5 checksums are refused, as the agent's lookup says
-//!   (`agent_md5_checksum_enable` false).
+//! - md5 checksums are refused unless the operator allows them
+//!   (`[conductor] allow_md5_checksum`, Ironic's `[agent]allow_md5_checksum`);
+//!   an entry verified by md5 is named `md5-<hex>-...`.
 //! - Sources are http(s) URLs, or `file://` paths inside the directories the
 //!   operator allowed (`file_url_allowed_paths`), resolved through symlinks
 //!   before the check; /dev, /sys, /proc, /boot, /etc and /run are refused
 //!   whatever the list says, and only regular files are read (Ironic's
 //!   CVE-2025-44021: `file:///dev/zero` hung the checksum).
+//! - The sha256 of a converted image, which agents verify what they download
+//!   against, is computed while the conversion writes it (`HashingSink`),
+//!   not by reading the result back.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -39,6 +43,7 @@ use ferric_image::checksum::{self, Algorithm, Checksum, Digested, Hasher};
 use ferric_image::format::{self, Format, Inspection, Policy};
 use ferric_image::pipeline;
 use ferric_image::sink::{FileSink, NullSink};
+use ferric_image::BlockSink;
 use serde::{Deserialize, Serialize};
 
 /// File names inside an entry's directory.
@@ -79,7 +84,15 @@ pub struct CacheConfig {
     /// Directories `file://` image sources may name (Ironic's
     /// `[conductor]file_url_allowed_paths`). Empty: `file://` is refused.
     pub file_url_allowed_paths: Vec<PathBuf>,
+    /// Accept md5 checksums (Ironic's `[agent]allow_md5_checksum`). Default
+    /// false: md5 is broken, and a checksum is what names an entry.
+    pub allow_md5_checksum: bool,
 }
+
+/// Why an md5 checksum is refused, with the setting that allows it.
+pub const MD5_DISABLED: &str = "md5 checksums are disabled: give a sha256 or sha512 checksum \
+     (image_os_hash_algo and image_os_hash_value), or set [conductor] allow_md5_checksum = true \
+     in ferricd.toml";
 
 /// Where `file://` sources are never read from, whatever the allow-list says.
 const FORBIDDEN_FILE_ROOTS: &[&str] = &["/dev", "/sys", "/proc", "/boot", "/etc", "/run"];
@@ -97,6 +110,7 @@ impl CacheConfig {
             retries: 3,
             lease_ttl: Duration::from_secs(2 * 3600),
             file_url_allowed_paths: Vec::new(),
+            allow_md5_checksum: false,
         }
     }
 
@@ -338,8 +352,9 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Whether `name` is the name of an entry: `sha256-<64 hex>` or
-/// `sha512-<128 hex>`, `-<16 hex>` of its source, then `.raw` or `.img`.
+/// Whether `name` is the name of an entry: `sha256-<64 hex>`,
+/// `sha512-<128 hex>` or `md5-<32 hex>`, `-<16 hex>` of its source, then
+/// `.raw` or `.img`.
 /// Nothing else is ever opened, so a name cannot reach outside the cache.
 pub fn is_entry_name(name: &str) -> bool {
     let is_hex = |text: &str, len: usize| {
@@ -360,6 +375,7 @@ pub fn is_entry_name(name: &str) -> bool {
     let length = match algorithm {
         "sha256" => 64,
         "sha512" => 128,
+        "md5" => 32,
         _ => return false,
     };
     matches!(extension, "raw" | "img") && is_hex(hex, length) && is_hex(source, 16)
@@ -715,10 +731,12 @@ impl ImageCache {
     }
 
     /// The operator's checksum, fetching a checksum file if one is named.
+    /// md5 only if the operator allows it.
     async fn expected_checksum(&self, request: &ImageRequest) -> Result<Checksum, CacheError> {
         let value = request.checksum.trim();
         let algorithm = request.checksum_algorithm.as_deref();
         let invalid = |e: ferric_image::Error| CacheError::InvalidRequest(e.to_string());
+        // md5 is parsed here and refused below, with the setting to change.
         let checksum = if checksum::is_url(value) {
             if !(value.starts_with("http://") || value.starts_with("https://")) {
                 return Err(CacheError::InvalidRequest(format!(
@@ -727,10 +745,13 @@ impl ImageCache {
                 )));
             }
             let text = self.fetch_text(value, CHECKSUM_FILE_MAX).await?;
-            Checksum::from_checksum_file(&text, &request.url, algorithm, false).map_err(invalid)?
+            Checksum::from_checksum_file(&text, &request.url, algorithm, true).map_err(invalid)?
         } else {
-            Checksum::parse(value, algorithm, false).map_err(invalid)?
+            Checksum::parse(value, algorithm, true).map_err(invalid)?
         };
+        if checksum.algorithm == Algorithm::Md5 && !self.inner.config.allow_md5_checksum {
+            return Err(CacheError::InvalidRequest(MD5_DISABLED.into()));
+        }
         Ok(checksum)
     }
 
@@ -1146,21 +1167,19 @@ impl Conversion {
         let mut source = pipeline::open_image(&download).map_err(image_error)?;
         let (image, block_map) = if self.convert_to_raw {
             let out = File::options()
-                .read(true)
                 .write(true)
                 .create_new(true)
                 .open(&output)
                 .map_err(io_error(format!("creating {}", output.display())))?;
             let (converted, sink) = pipeline::convert_file(
                 &mut source,
-                FileSink::new(out),
+                HashingSink::new(FileSink::new(out), Algorithm::Sha256),
                 &self.policy,
                 self.max_virtual_size,
             )
             .map_err(image_error)?;
             drop(source);
-            let mut out = sink.into_inner();
-            let sha256 = pipeline::hash_file(&mut out, Algorithm::Sha256).map_err(image_error)?;
+            let (sha256, _) = sink.into_parts().map_err(image_error)?;
             fs::remove_file(&download)
                 .map_err(io_error(format!("removing {}", download.display())))?;
             let image = CachedImage {
@@ -1228,9 +1247,149 @@ impl Conversion {
     }
 }
 
+/// Zeros to hash holes with, a bounded chunk at a time.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// Forwards a converted image to `inner` and hashes the file it makes:
+/// data as written, holes (announced or skipped over) and the tail up to the
+/// final size as zeros. One pass is enough because a converter's calls come
+/// in ascending offset order; a call that goes back fails rather than give
+/// a wrong digest. Holes cost CPU (sha256 of their zeros), not I/O.
+struct HashingSink<S> {
+    inner: S,
+    /// None once finished.
+    hasher: Option<Hasher>,
+    /// Every byte before this offset is hashed.
+    hashed: u64,
+    digest: Option<Digested>,
+}
+
+impl<S: BlockSink> HashingSink<S> {
+    fn new(inner: S, algorithm: Algorithm) -> Self {
+        HashingSink {
+            inner,
+            hasher: Some(Hasher::new(algorithm)),
+            hashed: 0,
+            digest: None,
+        }
+    }
+
+    /// Hashes zeros from where hashing stopped up to `offset`.
+    fn zeros_up_to(&mut self, offset: u64) -> ferric_image::Result<&mut Hasher> {
+        let out_of_order = |what: String| ferric_image::Error::Corrupt(what);
+        let hasher = self
+            .hasher
+            .as_mut()
+            .ok_or_else(|| out_of_order("the conversion went on after it finished".into()))?;
+        if offset < self.hashed {
+            return Err(out_of_order(format!(
+                "the conversion went back from byte {} to byte {offset}",
+                self.hashed
+            )));
+        }
+        let mut left = offset - self.hashed;
+        while left > 0 {
+            let n = left.min(ZEROS.len() as u64) as usize;
+            hasher.update(&ZEROS[..n]);
+            left -= n as u64;
+        }
+        self.hashed = offset;
+        Ok(hasher)
+    }
+
+    fn hash_data(&mut self, offset: u64, data: &[u8]) -> ferric_image::Result<()> {
+        self.zeros_up_to(offset)?.update(data);
+        self.hashed += data.len() as u64;
+        Ok(())
+    }
+
+    /// The digest and the inner sink, once the image is finished.
+    fn into_parts(self) -> ferric_image::Result<(Digested, S)> {
+        let digest = self
+            .digest
+            .ok_or_else(|| ferric_image::Error::Corrupt("the conversion did not finish".into()))?;
+        Ok((digest, self.inner))
+    }
+}
+
+impl<S: BlockSink> BlockSink for HashingSink<S> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> ferric_image::Result<()> {
+        self.hash_data(offset, data)?;
+        self.inner.write_at(offset, data)
+    }
+
+    fn hole(&mut self, offset: u64, len: u64) -> ferric_image::Result<()> {
+        let end = offset.checked_add(len).ok_or_else(|| {
+            ferric_image::Error::Corrupt(format!("a hole of {len} bytes at byte {offset}"))
+        })?;
+        self.zeros_up_to(offset)?;
+        self.zeros_up_to(end)?;
+        self.inner.hole(offset, len)
+    }
+
+    fn finish(&mut self, size: u64) -> ferric_image::Result<()> {
+        self.zeros_up_to(size)?;
+        self.digest = self.hasher.take().map(Hasher::finish);
+        self.inner.finish(size)
+    }
+
+    fn write_owned(
+        &mut self,
+        offset: u64,
+        buffer: Vec<u8>,
+        len: usize,
+    ) -> ferric_image::Result<Vec<u8>> {
+        self.hash_data(offset, &buffer[..len])?;
+        self.inner.write_owned(offset, buffer, len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferric_image::sink::VecSink;
+
+    /// Holes announced and skipped over, at the start, in the middle and at
+    /// the end (longer than the zero buffer), and owned buffers: the digest
+    /// is the sha256 of the bytes the sink holds.
+    #[test]
+    fn the_hashing_sink_hashes_the_image_as_written() {
+        let mut sink = HashingSink::new(VecSink::default(), Algorithm::Sha256);
+        sink.hole(0, 4096).unwrap();
+        sink.write_at(4096, &[1; 1000]).unwrap();
+        // 5096..8192 is a hole nobody announced.
+        sink.write_at(8192, &[2; 4096]).unwrap();
+        sink.hole(12288, (3 << 20) + 7).unwrap();
+        let buffer = sink
+            .write_owned((3 << 20) + 12295, vec![3; 8192], 5000)
+            .unwrap();
+        assert_eq!(buffer.len(), 8192);
+        let size = (5 << 20) + 3;
+        sink.finish(size).unwrap();
+        let (digest, written) = sink.into_parts().unwrap();
+        assert_eq!(written.data.len() as u64, size);
+        assert_eq!(digest.algorithm, Algorithm::Sha256);
+        assert_eq!(digest.hex, checksum::sha256_hex(&written.data));
+
+        let mut empty = HashingSink::new(NullSink, Algorithm::Sha256);
+        empty.finish(0).unwrap();
+        assert_eq!(empty.into_parts().unwrap().0.hex, checksum::sha256_hex(b""));
+    }
+
+    #[test]
+    fn the_hashing_sink_refuses_calls_out_of_order() {
+        let mut sink = HashingSink::new(NullSink, Algorithm::Sha256);
+        sink.write_at(4096, &[1; 4096]).unwrap();
+        let error = sink.write_at(0, &[1; 10]).unwrap_err();
+        assert!(error.to_string().contains("went back"), "{error}");
+        assert!(sink.hole(4096, 1).is_err(), "a hole over data");
+        assert!(sink.finish(100).is_err(), "an image shorter than its data");
+        let unfinished = HashingSink::new(NullSink, Algorithm::Sha256);
+        assert!(unfinished.into_parts().is_err());
+        let mut finished = HashingSink::new(NullSink, Algorithm::Sha256);
+        finished.finish(10).unwrap();
+        assert!(finished.write_at(10, &[1]).is_err());
+    }
 
     #[test]
     fn entry_names_are_strict() {
@@ -1241,11 +1400,16 @@ mod tests {
             "sha512-{}-{source}.img",
             "0".repeat(128)
         )));
+        assert!(is_entry_name(&format!(
+            "md5-{}-{source}.raw",
+            "a".repeat(32)
+        )));
         assert!(!is_entry_name(&format!("sha256-{hex}.raw")), "no source");
         for bad in [
             format!("sha256-{hex}"),
             format!("sha256-{}.raw", "A".repeat(64)),
             format!("md5-{}.raw", "a".repeat(32)),
+            format!("md5-{}-{source}.raw", "a".repeat(31)),
             format!("sha256-{hex}.raw/../x"),
             "../etc/passwd".to_string(),
             format!("../sha256-{hex}.raw"),
