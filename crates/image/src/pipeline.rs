@@ -466,6 +466,15 @@ pub fn convert_file<S: BlockSink + Send>(
     source
         .seek(SeekFrom::Start(0))
         .context("rewinding the image")?;
+    let mut magic = [0u8; decompress::MAGIC_LEN];
+    let magic_len = bmap::fill(source, &mut magic)?;
+    let compression = decompress::detect(&magic[..magic_len]);
+    if compression != Compression::None {
+        return convert_compressed(source, compression, sink, policy, max_size);
+    }
+    source
+        .seek(SeekFrom::Start(0))
+        .context("rewinding the image")?;
     let inspection = format::inspect(source)?;
     policy.check(&inspection)?;
     if let Some(size) = inspection.virtual_size {
@@ -496,6 +505,53 @@ pub fn convert_file<S: BlockSink + Send>(
             )))
         }
     };
+    let (map, sink) = mapped.into_parts();
+    let block_map = map.ok_or_else(|| Error::Corrupt("the conversion did not finish".into()))?;
+    Ok((
+        Converted {
+            inspection,
+            virtual_size,
+            data_bytes: block_map.mapped_bytes,
+            block_map,
+        },
+        sink,
+    ))
+}
+
+/// [`convert_file`] for a compressed file: a raw image is decompressed,
+/// inspected and mapped in one pass, bounded by `max_size`. A compressed
+/// qcow2 would need spooling (qcow2 needs random access) and is refused;
+/// qcow2 compresses its own clusters.
+fn convert_compressed<S: BlockSink + Send>(
+    source: &mut File,
+    compression: Compression,
+    sink: S,
+    policy: &Policy,
+    max_size: u64,
+) -> Result<(Converted, S)> {
+    source
+        .seek(SeekFrom::Start(0))
+        .context("rewinding the image")?;
+    let decompressed = decompress::decoder(&mut *source, compression)?;
+    let (head, stream) = decompress::peek(decompressed, format::HEAD_LEN)?;
+    let inspection = format::inspect_head(&head, None)?;
+    policy.check(&inspection)?;
+    if let Some(size) = inspection.virtual_size {
+        if size > max_size {
+            return Err(too_large(size, max_size));
+        }
+    }
+    if !is_raw_like(inspection.format) {
+        return Err(Error::Unsupported(format!(
+            "a {compression}-compressed {} image cannot be converted; decompress it first",
+            inspection.format
+        )));
+    }
+    let mut mapped = BmapSink::new(sink, bmap::DEFAULT_BLOCK_SIZE);
+    let limited = Limited::new(stream, max_size, "the size limit");
+    let virtual_size = write_behind(&mut mapped, |sink| {
+        bmap::scan(limited, sink, bmap::DEFAULT_BLOCK_SIZE)
+    })?;
     let (map, sink) = mapped.into_parts();
     let block_map = map.ok_or_else(|| Error::Corrupt("the conversion did not finish".into()))?;
     Ok((

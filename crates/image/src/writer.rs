@@ -552,7 +552,9 @@ impl BlockSink for DiskWriter {
     fn hole(&mut self, offset: u64, len: u64) -> Result<()> {
         let end = offset + len;
         self.check_fits(end)?;
-        self.start()?;
+        // Holes touch the target only when applied: a stream that is refused
+        // while it has been zeros so far (a decompression bomb) leaves the
+        // target as it was.
         self.summary.hole_bytes += len;
         self.position = self.position.max(end);
         // The held-back start is zeros until written.
@@ -569,7 +571,10 @@ impl BlockSink for DiskWriter {
         match &mut self.pending_hole {
             Some((start, pending)) if *start + *pending == offset => *pending += len,
             _ => {
-                self.apply_pending_hole()?;
+                if self.pending_hole.is_some() {
+                    self.start()?;
+                    self.apply_pending_hole()?;
+                }
                 self.pending_hole = Some((offset, len));
             }
         }

@@ -341,6 +341,45 @@ fn convert_file_maps_and_matches_qemu_img() {
     assert_eq!(fs::read(&again).unwrap(), fs::read(&raw).unwrap());
 }
 
+/// A compressed raw image converts as its decompressed form, in one pass; a
+/// compressed qcow2 is refused with what to do.
+#[test]
+fn convert_file_decompresses_raw_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = gpt_disk(dir.path());
+    let xz = dir.path().join("disk.raw.xz");
+    fs::write(&xz, run(Command::new("xz").args(["-c", "-1"]).arg(&raw))).unwrap();
+    let out = dir.path().join("out.raw");
+    let (converted, _) = pipeline::convert_file(
+        &mut File::open(&xz).unwrap(),
+        FileSink::new(File::create(&out).unwrap()),
+        &Policy::default(),
+        1 << 30,
+    )
+    .unwrap();
+    assert_eq!(converted.inspection.format, Format::Gpt);
+    assert_eq!(converted.virtual_size, 64 << 20);
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&raw).unwrap());
+    assert!(converted.block_map.mapped_bytes < 8 << 20);
+
+    let qcow2 = dir.path().join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2));
+    let gz = dir.path().join("disk.qcow2.gz");
+    fs::write(&gz, run(Command::new("gzip").arg("-c").arg(&qcow2))).unwrap();
+    let err = pipeline::convert_file(
+        &mut File::open(&gz).unwrap(),
+        ferric_image::sink::NullSink,
+        &Policy::default(),
+        1 << 30,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+    assert!(err.to_string().contains("gzip-compressed qcow2"), "{err}");
+}
+
 #[test]
 fn compressed_tarballs_are_detected_and_extracted() {
     let dir = tempfile::tempdir().unwrap();
