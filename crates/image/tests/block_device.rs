@@ -186,3 +186,60 @@ fn image_larger_than_the_device_is_refused() {
     let after = fs::read(&disk.device).unwrap();
     assert!(after[..1 << 20].iter().all(|&b| b == 0));
 }
+
+/// A disk that held other data: with holes zeroed (the default) or
+/// discarded, the image's holes read back as zeros afterwards; skipped, the
+/// old data stays where the image has holes (right only on a clean disk).
+#[test]
+fn holes_are_zeroed_discarded_or_skipped_on_a_used_disk() {
+    use ferric_image::writer::HoleMode;
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let image = gpt_image(dir.path());
+    // From 9 MiB to the backup GPT at its end, the image is a hole.
+    assert!(image[(9 << 20)..(31 << 20)].iter().all(|&b| b == 0));
+    for mode in [HoleMode::Zero, HoleMode::Discard, HoleMode::Skip] {
+        let backing = dir.path().join(format!("used-{mode:?}"));
+        let disk = Loop::new(&backing, 64 << 20);
+        // The old contents: 0xEE everywhere.
+        let old = File::options().write(true).open(&disk.device).unwrap();
+        old.write_all_at(&vec![0xEE; 64 << 20], 0).unwrap();
+        old.sync_all().unwrap();
+        drop(old);
+        let writer = DiskWriter::open(
+            &disk.device,
+            WriterOptions {
+                holes: mode,
+                ..WriterOptions::default()
+            },
+        )
+        .unwrap();
+        let report = pipeline::write_stream(
+            Cursor::new(image.clone()),
+            writer,
+            &StreamOptions {
+                checksum: Some(sha256(&image)),
+                ..StreamOptions::default()
+            },
+        )
+        .unwrap();
+        assert!(report.write.hole_bytes >= 20 << 20, "{:?}", report.write);
+        let mut after = vec![0u8; image.len()];
+        File::open(&disk.device)
+            .unwrap()
+            .read_exact_at(&mut after, 0)
+            .unwrap();
+        match mode {
+            HoleMode::Zero | HoleMode::Discard => {
+                assert!(after == image, "{mode:?}: the holes are not zeros")
+            }
+            HoleMode::Skip => {
+                assert_eq!(after[..9 << 20], image[..9 << 20], "{mode:?}: the data");
+                assert!(
+                    after[(10 << 20)..(31 << 20)].iter().all(|&b| b == 0xEE),
+                    "{mode:?}: the old data under the holes was touched"
+                );
+            }
+        }
+    }
+}
