@@ -157,7 +157,35 @@ pub fn inspect_head(head: &[u8], total_len: Option<u64>) -> Result<Inspection> {
     };
     inspect_view(&mut View {
         head,
+        tail: &[],
         len,
+        file: None,
+    })
+}
+
+/// How many of a stream's last bytes [`inspect_ends`] wants: the largest
+/// structure at the end of an image (a backup GPT: 16 KiB of entries and
+/// its header, more with 4 KiB sectors).
+pub const TAIL_LEN: usize = 64 << 10;
+
+/// Inspects a stream that was read to its end, from its head (as for
+/// [`inspect_head`]) and its last bytes: what only the end shows, such as a
+/// fixed VHD's footer, is seen too. A raw image written as it streamed is
+/// checked this way before it is committed.
+pub fn inspect_ends(head: &[u8], tail: &[u8], total_len: u64) -> Result<Inspection> {
+    let head = &head[..head.len().min(HEAD_LEN).min(total_len as usize)];
+    let tail = &tail[tail.len() - tail.len().min(total_len as usize)..];
+    if head.len() < HEAD_LEN && (head.len() as u64) < total_len {
+        return Err(Error::Invalid(format!(
+            "inspecting an image needs its first {HEAD_LEN} bytes (or all of it when shorter); \
+             got {} of {total_len}",
+            head.len()
+        )));
+    }
+    inspect_view(&mut View {
+        head,
+        tail,
+        len: Some(total_len),
         file: None,
     })
 }
@@ -178,6 +206,7 @@ pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<Inspection> {
         .context("reading the first bytes of the image")?;
     let inspection = inspect_view(&mut View {
         head: &head,
+        tail: &[],
         len: Some(len),
         file: Some(&mut *reader),
     })?;
@@ -278,6 +307,8 @@ impl<T: Read + Seek + ?Sized> ReadSeek for T {}
 /// file is behind it.
 struct View<'a> {
     head: &'a [u8],
+    /// The last bytes of a stream read to its end (empty otherwise).
+    tail: &'a [u8],
     /// The image length, when known.
     len: Option<u64>,
     file: Option<&'a mut dyn ReadSeek>,
@@ -295,6 +326,13 @@ impl<'a> View<'a> {
         }
         if end <= self.head.len() as u64 {
             return Ok(Some(self.head[offset as usize..end as usize].to_vec()));
+        }
+        if let Some(total) = self.len {
+            let tail_start = total - self.tail.len() as u64;
+            if offset >= tail_start {
+                let at = (offset - tail_start) as usize;
+                return Ok(Some(self.tail[at..at + len].to_vec()));
+            }
         }
         let Some(file) = self.file.as_deref_mut() else {
             return Ok(None);

@@ -322,16 +322,22 @@ fn first_chunk(chunks: &Receiver<ChunkResult>) -> Result<Option<std::sync::Arc<C
 /// An uncompressed raw image, written straight from the chunks the reading
 /// thread filled: scanned for zeros and handed to the writer, with no copy
 /// in between (the writer sends aligned runs to the disk with O_DIRECT).
+///
+/// Once the stream ended, the image is inspected again with its last bytes
+/// (a fixed VHD is a raw disk with a footer) and refused, before commit, if
+/// the policy does not allow what it turned out to be.
 fn write_raw_chunks(
     first: std::sync::Arc<Chunk>,
     chunks: &Receiver<ChunkResult>,
     writer: &mut DiskWriter,
-    block_size: u32,
+    options: &StreamOptions,
 ) -> Result<u64> {
-    let block = block_size.max(512) as usize;
+    let block = options.block_size.max(512) as usize;
     let capacity = writer.capacity();
     let mut offset = 0u64;
-    let mut next = Some(first);
+    let mut next = Some(first.clone());
+    // The last two chunks hold the tail: every chunk but the last is full.
+    let (mut previous, mut last): (Option<std::sync::Arc<Chunk>>, _) = (None, None);
     loop {
         let chunk = match next.take() {
             Some(chunk) => chunk,
@@ -349,7 +355,19 @@ fn write_raw_chunks(
         }
         bmap::emit_runs(&chunk, offset, block, writer)?;
         offset = end;
+        previous = last.replace(chunk);
     }
+    let mut tail = Vec::with_capacity(format::TAIL_LEN);
+    let last_len = last.as_ref().map_or(0, |chunk| chunk.len());
+    if let Some(previous) = previous.filter(|_| last_len < format::TAIL_LEN) {
+        let want = format::TAIL_LEN - last_len;
+        tail.extend_from_slice(&previous[previous.len().saturating_sub(want)..]);
+    }
+    if let Some(last) = &last {
+        tail.extend_from_slice(&last[last_len.saturating_sub(format::TAIL_LEN)..]);
+    }
+    let whole = format::inspect_ends(&first, &tail, offset)?;
+    options.policy.check(&whole)?;
     writer.finish(offset)?;
     Ok(offset)
 }
@@ -378,7 +396,7 @@ fn write_chunks(
                     return Err(too_large(size, writer.capacity()));
                 }
             }
-            write_raw_chunks(first.clone(), &chunks, writer, options.block_size)?;
+            write_raw_chunks(first.clone(), &chunks, writer, options)?;
             return Ok((Compression::None, inspection.format, None));
         }
     }

@@ -272,6 +272,53 @@ fn raw_stream_with_odd_runs_is_written_exactly() {
     assert_eq!(fs::read(&path).unwrap(), image);
 }
 
+/// A fixed VHD is a raw disk with a footer at its end: streamed, it looks
+/// raw until the end, where it is seen and refused before commit, so the
+/// target has no partition table; the same file inspected whole is a VHD.
+#[test]
+fn fixed_vhd_stream_is_refused_at_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = gpt_disk(dir.path());
+    let vhd = dir.path().join("disk.vhd");
+    run(Command::new("qemu-img")
+        .args([
+            "convert",
+            "-q",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed",
+        ])
+        .arg(&raw)
+        .arg(&vhd));
+    let image = fs::read(&vhd).unwrap();
+    assert_eq!(&image[image.len() - 512..][..8], b"conectix");
+    let (path, writer) = target(dir.path(), None);
+    let err = pipeline::write_stream(
+        Cursor::new(image.clone()),
+        writer,
+        &options(Some(sha256(&image)), dir.path()),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Refused(_)), "{err}");
+    assert!(err.to_string().contains("vhd"), "{err}");
+    assert!(!has_partition_table(&path), "a partition table survived");
+    let whole = ferric_image::format::inspect(&mut File::open(&vhd).unwrap()).unwrap();
+    assert_eq!(whole.format, Format::Vhd);
+    // The same disk without the footer is written.
+    let plain = fs::read(&raw).unwrap();
+    let (path, writer) = target(dir.path(), None);
+    pipeline::write_stream(
+        Cursor::new(plain.clone()),
+        writer,
+        &options(Some(sha256(&plain)), dir.path()),
+    )
+    .unwrap();
+    assert_eq!(fs::read(&path).unwrap(), plain);
+}
+
 /// A raw stream longer than the target stops at the target's size, and the
 /// target keeps no partition table.
 #[test]
