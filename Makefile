@@ -1,7 +1,7 @@
 # Ferric's developer entry points. On a fresh Debian 12 machine, as root:
 #   make demo    installs what it needs, builds, provisions a QEMU VM through its BMC
 #   make test    installs what the tests need, runs every check CI runs
-# Other targets: build, lint, rust-test, api-test and e2e-test (need a build), bench,
+# Other targets: build, lint, rust-test, fuzz, api-test and e2e-test (need a build), bench,
 # bench-image, bench-agent, agent-static, deps.
 
 SHELL := /bin/bash
@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 PG_DIR ?= .work/pg
 PG_PORT ?= 55432
 
-.PHONY: all build lint rust-test api-test e2e-test test demo demo-fake bench bench-image bench-agent agent-static deps
+.PHONY: all build lint rust-test api-test e2e-test fuzz test demo demo-fake bench bench-image bench-agent agent-static deps
 
 all: build
 
@@ -49,6 +49,11 @@ rust-test:
 # The end-to-end tests against target/debug/ferricd with the real OpenStack clients.
 api-test:
 	$(PYTEST) tests/api $(PYTEST_ARGS)
+
+# cargo fuzz on the image crate's parsers, 12 s a target (FUZZ_SECONDS).
+FUZZ_SECONDS ?= 12
+fuzz:
+	scripts/fuzz-image $(FUZZ_SECONDS)
 
 # A QEMU VM provisioned through ipmi_sim, iPXE and dnsmasq (needs root and a build).
 e2e-test:
@@ -96,6 +101,7 @@ test: deps
 			$(rust_tests)
 		}
 		step rust-tests rust_tests || true
+		step fuzz scripts/fuzz-image $(FUZZ_SECONDS) || true
 		step api-tests $(PYTEST) tests/api $(PYTEST_ARGS) || true
 		step e2e-tests $(PYTEST) tests/e2e $(PYTEST_ARGS) || true
 	fi
