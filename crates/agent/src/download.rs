@@ -198,28 +198,8 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// A URL as it may be shown in errors and logs: without user:password and
-/// without its query string, where signed URLs keep their signature.
-pub fn redact(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let (path, hidden) = match path.split_once('?') {
-        Some((path, _)) => (path, "?…"),
-        None => (path, ""),
-    };
-    let scheme = if scheme.is_empty() {
-        String::new()
-    } else {
-        format!("{scheme}://")
-    };
-    format!("{scheme}{host}{path}{hidden}")
-}
+/// A URL as errors and logs show it (Ferric's one definition).
+pub use ferric_types::url::redact;
 
 /// Refuses everything but `http://` and `https://` (see the module
 /// documentation).

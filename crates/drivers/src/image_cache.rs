@@ -339,18 +339,8 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// A URL without credentials, query or fragment, for messages and logs.
-pub fn redact(url: &str) -> String {
-    let url = url.split(['?', '#']).next().unwrap_or(url);
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            format!("{scheme}://{host}{path}")
-        }
-        None => url.to_string(),
-    }
-}
+/// A URL as errors and logs show it (Ferric's one definition).
+pub use ferric_types::url::redact;
 
 /// Whether `name` is the name of an entry: `sha256-<64 hex>`,
 /// `sha512-<128 hex>` or `md5-<32 hex>`, `-<16 hex>` of its source, then
@@ -1425,7 +1415,7 @@ mod tests {
     fn urls_lose_credentials_and_queries() {
         assert_eq!(
             redact("https://user:pw@host:8080/a/b.img?sig=x#f"),
-            "https://host:8080/a/b.img"
+            "https://host:8080/a/b.img?…"
         );
         assert_eq!(redact("http://host"), "http://host");
     }

@@ -555,21 +555,9 @@ fn member_paths(collection: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A URL as logs and messages show it: without credentials or query (which
-/// may hold temporary tokens).
-pub fn redact_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut parsed) => {
-            let _ = parsed.set_username("");
-            let _ = parsed.set_password(None);
-            if parsed.query().is_some() {
-                parsed.set_query(Some("..."));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "<unparsable URL>".to_string(),
-    }
-}
+/// A URL as logs and messages show it: without credentials, and with its
+/// query (which may hold a temporary token) hidden.
+pub use ferric_types::url::redact as redact_url;
 
 /// `text` without the secrets of `url` (its password and its query, which
 /// may hold a temporary token), however much of the URL the BMC echoed.
