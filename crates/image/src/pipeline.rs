@@ -391,11 +391,7 @@ fn write_chunks(
         };
         if let Some(inspection) = inspection.filter(|i| is_raw_like(i.format)) {
             options.policy.check(&inspection)?;
-            if let Some(size) = inspection.virtual_size {
-                if size > writer.capacity() {
-                    return Err(too_large(size, writer.capacity()));
-                }
-            }
+            check_virtual_size(&inspection, writer.capacity())?;
             write_raw_chunks(first.clone(), &chunks, writer, options)?;
             return Ok((Compression::None, inspection.format, None));
         }
@@ -406,11 +402,7 @@ fn write_chunks(
     let (head, stream) = decompress::peek(decompressed, format::HEAD_LEN)?;
     let inspection = format::inspect_head(&head, None)?;
     options.policy.check(&inspection)?;
-    if let Some(size) = inspection.virtual_size {
-        if size > capacity {
-            return Err(too_large(size, capacity));
-        }
-    }
+    check_virtual_size(&inspection, capacity)?;
     match inspection.format {
         Format::Qcow2 => {
             let Some(dir) = &options.spool_dir else {
@@ -495,11 +487,7 @@ pub fn convert_file<S: BlockSink + Send>(
         .context("rewinding the image")?;
     let inspection = format::inspect(source)?;
     policy.check(&inspection)?;
-    if let Some(size) = inspection.virtual_size {
-        if size > max_size {
-            return Err(too_large(size, max_size));
-        }
-    }
+    check_virtual_size(&inspection, max_size)?;
     source
         .seek(SeekFrom::Start(0))
         .context("rewinding the image")?;
@@ -523,6 +511,15 @@ pub fn convert_file<S: BlockSink + Send>(
             )))
         }
     };
+    finish_mapped(inspection, virtual_size, mapped)
+}
+
+/// What a conversion into `mapped` found, and its sink back.
+fn finish_mapped<S: BlockSink>(
+    inspection: Inspection,
+    virtual_size: u64,
+    mapped: BmapSink<S>,
+) -> Result<(Converted, S)> {
     let (map, sink) = mapped.into_parts();
     let block_map = map.ok_or_else(|| Error::Corrupt("the conversion did not finish".into()))?;
     Ok((
@@ -534,6 +531,14 @@ pub fn convert_file<S: BlockSink + Send>(
         },
         sink,
     ))
+}
+
+/// Refuses an image whose virtual size is over `limit`.
+fn check_virtual_size(inspection: &Inspection, limit: u64) -> Result<()> {
+    match inspection.virtual_size {
+        Some(size) if size > limit => Err(too_large(size, limit)),
+        _ => Ok(()),
+    }
 }
 
 /// [`convert_file`] for a compressed file: a raw image is decompressed,
@@ -554,11 +559,7 @@ fn convert_compressed<S: BlockSink + Send>(
     let (head, stream) = decompress::peek(decompressed, format::HEAD_LEN)?;
     let inspection = format::inspect_head(&head, None)?;
     policy.check(&inspection)?;
-    if let Some(size) = inspection.virtual_size {
-        if size > max_size {
-            return Err(too_large(size, max_size));
-        }
-    }
+    check_virtual_size(&inspection, max_size)?;
     if !is_raw_like(inspection.format) {
         return Err(Error::Unsupported(format!(
             "a {compression}-compressed {} image cannot be converted; decompress it first",
@@ -570,17 +571,7 @@ fn convert_compressed<S: BlockSink + Send>(
     let virtual_size = write_behind(&mut mapped, |sink| {
         bmap::scan(limited, sink, bmap::DEFAULT_BLOCK_SIZE)
     })?;
-    let (map, sink) = mapped.into_parts();
-    let block_map = map.ok_or_else(|| Error::Corrupt("the conversion did not finish".into()))?;
-    Ok((
-        Converted {
-            inspection,
-            virtual_size,
-            data_bytes: block_map.mapped_bytes,
-            block_map,
-        },
-        sink,
-    ))
+    finish_mapped(inspection, virtual_size, mapped)
 }
 
 /// Writes a raw image through its block map: only the mapped ranges are
